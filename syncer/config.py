@@ -1,0 +1,440 @@
+"""`config.toml`: settings, paired devices and shared folders.
+
+The file is the source of truth for configuration (the index DB holds only index state). It is
+edited by people and by `syncer config set` / `pair` / `share`; edits go through `edit_config()`,
+which locks, re-reads, validates and writes atomically, keeping the user's comments (tomlkit).
+A bad key or value raises ConfigError before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+
+from syncer.deviceid import DeviceId
+from syncer.errors import ConfigError, InvalidDeviceId
+
+ADDRESS_SCHEMES = ("tcp", "quic", "relay")
+
+
+def _is_address(v: str) -> bool:
+    scheme, sep, rest = v.partition("://")
+    if not sep or scheme not in ADDRESS_SCHEMES or not rest:
+        return False
+    if scheme == "relay":
+        return True
+    host, _, port = rest.rpartition(":")
+    return bool(host) and port.isdigit() and 0 <= int(port) <= 65535
+
+
+def _is_hostport(v: str) -> bool:
+    host, sep, port = v.rpartition(":")
+    return bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) <= 65535
+
+
+def _is_url(v: str) -> bool:
+    return v.startswith(("http://", "https://")) and len(v) > 8
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: type  # bool, int, float, str or list (of str)
+    default: Any
+    help: str
+    check: Callable[[Any], bool] | None = None
+    check_help: str = ""
+
+
+def _each(pred: Callable[[str], bool]) -> Callable[[Any], bool]:
+    return lambda values: all(pred(v) for v in values)
+
+
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in [
+        Setting("device.name", str, "", "name shown to other devices (default: host name)"),
+        Setting(
+            "listen",
+            list,
+            ["tcp://0.0.0.0:22000"],
+            "listen addresses (tcp://HOST:PORT, quic://HOST:PORT)",
+            _each(_is_address),
+            "each must look like tcp://HOST:PORT or quic://HOST:PORT",
+        ),
+        Setting(
+            "api.address",
+            str,
+            "127.0.0.1:8384",
+            "control API HOST:PORT (port 0 = any free port)",
+            _is_hostport,
+            "must be HOST:PORT",
+        ),
+        Setting("discovery.tracker.enabled", bool, True, "announce to and query trackers"),
+        Setting(
+            "discovery.tracker.urls",
+            list,
+            [],
+            "tracker announce URLs",
+            _each(_is_url),
+            "each must be an http(s):// URL",
+        ),
+        Setting("discovery.dht.enabled", bool, True, "run a DHT node and use it to find devices"),
+        Setting(
+            "discovery.dht.port",
+            int,
+            0,
+            "UDP port of the DHT node (0 = same as the first listen port)",
+            lambda v: 0 <= v <= 65535,
+            "must be 0..65535",
+        ),
+        Setting(
+            "discovery.dht.bootstrap",
+            list,
+            [],
+            "DHT bootstrap nodes HOST:PORT",
+            _each(_is_hostport),
+            "each must be HOST:PORT",
+        ),
+        Setting("discovery.lan.enabled", bool, True, "broadcast and listen for LAN beacons"),
+        Setting(
+            "discovery.lan.port",
+            int,
+            21027,
+            "UDP port of LAN beacons",
+            lambda v: 1 <= v <= 65535,
+            "must be 1..65535",
+        ),
+        Setting("discovery.lan.address", str, "255.255.255.255", "address LAN beacons are sent to"),
+        Setting(
+            "relays",
+            list,
+            [],
+            "relay servers relay://HOST:PORT",
+            _each(_is_address),
+            "each must be relay://HOST:PORT",
+        ),
+        Setting("nat.enabled", bool, True, "try UDP hole punching through the relays' rendezvous"),
+        Setting(
+            "limits.max_send_kbps",
+            int,
+            0,
+            "upload rate limit in KiB/s (0 = unlimited)",
+            lambda v: v >= 0,
+            "must be >= 0",
+        ),
+        Setting(
+            "limits.max_recv_kbps",
+            int,
+            0,
+            "download rate limit in KiB/s (0 = unlimited)",
+            lambda v: v >= 0,
+            "must be >= 0",
+        ),
+        Setting(
+            "limits.min_free_disk_mb",
+            int,
+            256,
+            "stop pulling when free disk falls below this",
+            lambda v: v >= 0,
+            "must be >= 0",
+        ),
+        Setting(
+            "transfer.unlimited_own_devices",
+            bool,
+            True,
+            "never choke paired devices sharing a folder",
+        ),
+        Setting("watch.enabled", bool, True, "watch folders for changes"),
+        Setting(
+            "watch.delay_ms",
+            int,
+            100,
+            "debounce delay of the watcher in ms",
+            lambda v: 0 <= v <= 600_000,
+            "must be 0..600000",
+        ),
+        Setting(
+            "scan.interval_s",
+            int,
+            3600,
+            "full rescan interval in seconds (jittered)",
+            lambda v: v >= 10,
+            "must be >= 10",
+        ),
+        Setting(
+            "versions.keep",
+            int,
+            5,
+            "old versions kept per file in .syncer/versions (0 = none)",
+            lambda v: v >= 0,
+            "must be >= 0",
+        ),
+        Setting(
+            "versions.max_age_days",
+            int,
+            30,
+            "old versions older than this are removed",
+            lambda v: v >= 1,
+            "must be >= 1",
+        ),
+    ]
+}
+
+
+def parse_value(setting: Setting, raw: list[str]) -> Any:
+    """Parse command-line text into a typed value for `setting`."""
+    k = setting.kind
+    if k is list:
+        if len(raw) == 1 and raw[0] in ("", "[]"):
+            value: Any = []
+        else:
+            value = [v.strip() for item in raw for v in item.split(",") if v.strip()]
+    elif len(raw) != 1:
+        raise ConfigError(f"{setting.key} takes exactly one value")
+    elif k is bool:
+        t = raw[0].strip().lower()
+        if t in ("true", "yes", "on", "1"):
+            value = True
+        elif t in ("false", "no", "off", "0"):
+            value = False
+        else:
+            raise ConfigError(f"{setting.key} must be true or false, got {raw[0]!r}")
+    elif k is int:
+        try:
+            value = int(raw[0])
+        except ValueError:
+            raise ConfigError(f"{setting.key} must be an integer, got {raw[0]!r}") from None
+    else:
+        value = raw[0]
+    validate(setting, value)
+    return value
+
+
+def validate(setting: Setting, value: Any) -> None:
+    ok_type = isinstance(value, setting.kind) and not (
+        setting.kind is int and isinstance(value, bool)
+    )
+    if setting.kind is list:
+        ok_type = ok_type and all(isinstance(v, str) for v in value)
+    if not ok_type:
+        raise ConfigError(f"{setting.key} must be of type {setting.kind.__name__}, got {value!r}")
+    if setting.check and not setting.check(value):
+        raise ConfigError(f"bad value for {setting.key}: {setting.check_help}")
+
+
+@dataclass
+class DeviceConfig:
+    id: str
+    name: str = ""
+    addresses: list[str] = field(default_factory=list)
+
+    @property
+    def device_id(self) -> DeviceId:
+        return DeviceId.parse(self.id)
+
+
+@dataclass
+class FolderConfig:
+    id: str
+    path: str
+    label: str = ""
+    # None = shared with every paired device; otherwise only these device IDs
+    devices: list[str] | None = None
+    paused: bool = False
+
+    def shared_with(self, device: DeviceId | str, paired: list[DeviceConfig]) -> bool:
+        d = str(device)
+        if not any(p.id == d for p in paired):
+            return False
+        return self.devices is None or d in self.devices
+
+
+class Config:
+    """A parsed config.toml. Typed accessors over the tomlkit document."""
+
+    def __init__(self, doc: tomlkit.TOMLDocument, path: Path) -> None:
+        self.doc = doc
+        self.path = path
+
+    # settings -----------------------------------------------------------
+    def get(self, key: str) -> Any:
+        setting = SETTINGS.get(key)
+        if setting is None:
+            raise ConfigError(f"unknown config key {key!r} (see `syncer config list`)")
+        node: Any = self.doc
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return setting.default
+            node = node[part]
+        return _plain(node)
+
+    def set(self, key: str, value: Any) -> None:
+        setting = SETTINGS.get(key)
+        if setting is None:
+            raise ConfigError(f"unknown config key {key!r} (see `syncer config list`)")
+        validate(setting, value)
+        parts = key.split(".")
+        node: Any = self.doc
+        for part in parts[:-1]:
+            if part not in node:
+                node[part] = tomlkit.table()
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"config.toml: {part!r} is not a table")
+        node[parts[-1]] = value
+
+    @property
+    def device_name(self) -> str:
+        return self.get("device.name") or socket.gethostname()
+
+    # devices --------------------------------------------------------------
+    @property
+    def devices(self) -> list[DeviceConfig]:
+        return [
+            DeviceConfig(
+                id=str(d["id"]),
+                name=str(d.get("name", "")),
+                addresses=[str(a) for a in d.get("addresses", [])],
+            )
+            for d in self.doc.get("devices", [])
+        ]
+
+    def device(self, device_id: DeviceId | str) -> DeviceConfig | None:
+        d = str(device_id)
+        return next((x for x in self.devices if x.id == d), None)
+
+    def upsert_device(self, dev: DeviceConfig) -> None:
+        for a in dev.addresses:
+            if not _is_address(a):
+                raise ConfigError(
+                    f"bad address {a!r}: expected tcp://HOST:PORT, quic://HOST:PORT or relay://HOST:PORT"
+                )
+        if "devices" not in self.doc:
+            self.doc["devices"] = tomlkit.aot()
+        table = {"id": dev.id, "name": dev.name, "addresses": dev.addresses}
+        for t in self.doc["devices"]:
+            if t["id"] == dev.id:
+                t.update(table)
+                return
+        self.doc["devices"].append(table)
+
+    def remove_device(self, device_id: DeviceId | str) -> bool:
+        d = str(device_id)
+        items = self.doc.get("devices", [])
+        for i, t in enumerate(items):
+            if t["id"] == d:
+                del items[i]
+                return True
+        return False
+
+    # folders --------------------------------------------------------------
+    @property
+    def folders(self) -> list[FolderConfig]:
+        out = []
+        for f in self.doc.get("folders", []):
+            devs = f.get("devices")
+            out.append(
+                FolderConfig(
+                    id=str(f["id"]),
+                    path=str(f["path"]),
+                    label=str(f.get("label", "")),
+                    devices=None if devs is None else [str(x) for x in devs],
+                    paused=bool(f.get("paused", False)),
+                )
+            )
+        return out
+
+    def folder(self, folder_id: str) -> FolderConfig | None:
+        return next((f for f in self.folders if f.id == folder_id), None)
+
+    def upsert_folder(self, folder: FolderConfig) -> None:
+        if "folders" not in self.doc:
+            self.doc["folders"] = tomlkit.aot()
+        table: dict[str, Any] = {
+            "id": folder.id,
+            "path": folder.path,
+            "label": folder.label,
+            "paused": folder.paused,
+        }
+        if folder.devices is not None:
+            table["devices"] = folder.devices
+        for t in self.doc["folders"]:
+            if t["id"] == folder.id:
+                t.clear()
+                t.update(table)
+                return
+        self.doc["folders"].append(table)
+
+    def remove_folder(self, folder_id: str) -> bool:
+        items = self.doc.get("folders", [])
+        for i, t in enumerate(items):
+            if t["id"] == folder_id:
+                del items[i]
+                return True
+        return False
+
+    def check(self) -> None:
+        """Validate the whole document; raises ConfigError naming the first problem."""
+        for key in SETTINGS:
+            validate(SETTINGS[key], self.get(key))
+        for d in self.doc.get("devices", []):
+            if "id" not in d:
+                raise ConfigError(f"{self.path}: a [[devices]] entry has no id")
+            try:
+                DeviceId.parse(str(d["id"]))
+            except InvalidDeviceId as e:
+                raise ConfigError(f"{self.path}: {e}") from None
+        for f in self.doc.get("folders", []):
+            if "id" not in f or "path" not in f:
+                raise ConfigError(f"{self.path}: a [[folders]] entry needs id and path")
+
+
+def _plain(node: Any) -> Any:
+    if hasattr(node, "unwrap"):
+        return node.unwrap()
+    return node
+
+
+def load_config(path: Path) -> Config:
+    if not path.exists():
+        return Config(tomlkit.document(), path)
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except (tomlkit.exceptions.TOMLKitError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    cfg = Config(doc, path)
+    cfg.check()
+    return cfg
+
+
+def save_config(cfg: Config) -> None:
+    cfg.check()
+    cfg.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = cfg.path.with_name(f".{cfg.path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(tomlkit.dumps(cfg.doc))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, cfg.path)
+
+
+@contextlib.contextmanager
+def edit_config(path: Path) -> Iterator[Config]:
+    """Read-modify-write under an exclusive lock; nothing is written if the body raises."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a") as lf:
+        fcntl.flock(lf, fcntl.LOCK_EX)
+        cfg = load_config(path)
+        yield cfg
+        save_config(cfg)

@@ -1,0 +1,85 @@
+"""Device IDs, written the way Syncthing writes them.
+
+ID = SHA-256 of the device certificate (DER). Text form: base32 without padding (52 chars), cut
+into 4 groups of 13, each followed by a Luhn-mod-32 check character (Syncthing's variant: the
+factor starts at 1 on the first character and alternates), then re-cut into 8 groups of 7 joined by
+'-'. Parsing tolerates lower case, missing dashes and spaces; any other change is rejected.
+Pure logic, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+
+from syncer.errors import InvalidDeviceId
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_VALUE = {c: i for i, c in enumerate(ALPHABET)}
+ID_LEN = 32
+SHORT_LEN = 7
+
+
+def luhn32(s: str) -> str:
+    """Check character of Syncthing's Luhn-mod-32 over a base32 string."""
+    factor = 1
+    total = 0
+    for ch in s:
+        try:
+            addend = factor * _VALUE[ch]
+        except KeyError:
+            raise InvalidDeviceId(f"invalid character {ch!r} in device ID") from None
+        factor = 1 if factor == 2 else 2
+        total += addend // 32 + addend % 32
+    return ALPHABET[(32 - total % 32) % 32]
+
+
+@dataclass(frozen=True, order=True)
+class DeviceId:
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != ID_LEN:
+            raise InvalidDeviceId(f"device ID must be {ID_LEN} bytes, got {len(self.raw)}")
+
+    @classmethod
+    def from_cert_der(cls, der: bytes) -> DeviceId:
+        return cls(hashlib.sha256(der).digest())
+
+    @classmethod
+    def parse(cls, text: str) -> DeviceId:
+        s = text.strip().upper().replace("-", "").replace(" ", "")
+        if len(s) == 56:
+            groups = [s[i : i + 14] for i in range(0, 56, 14)]
+            for g in groups:
+                if luhn32(g[:13]) != g[13]:
+                    raise InvalidDeviceId(
+                        f"invalid device ID {text.strip()!r}: check character mismatch"
+                    )
+            s = "".join(g[:13] for g in groups)
+        elif len(s) != 52:
+            raise InvalidDeviceId(
+                f"invalid device ID {text.strip()!r}: expected 56 characters (8 groups of 7), got {len(s)}"
+            )
+        bad = [c for c in s if c not in _VALUE]
+        if bad:
+            raise InvalidDeviceId(f"invalid device ID {text.strip()!r}: bad character {bad[0]!r}")
+        try:
+            raw = base64.b32decode(s + "====")
+        except ValueError as e:
+            raise InvalidDeviceId(f"invalid device ID {text.strip()!r}: {e}") from None
+        return cls(raw)
+
+    def __str__(self) -> str:
+        s = base64.b32encode(self.raw).decode().rstrip("=")
+        with_check = "".join(s[i : i + 13] + luhn32(s[i : i + 13]) for i in range(0, 52, 13))
+        return "-".join(with_check[i : i + 7] for i in range(0, 56, 7))
+
+    def __repr__(self) -> str:
+        return f"DeviceId({self.short})"
+
+    @property
+    def short(self) -> str:
+        """First 7 characters: names the device in conflict copies."""
+        return str(self)[:SHORT_LEN]
