@@ -1,0 +1,1 @@
+"""Transports: authenticated byte streams between devices (TCP, QUIC, relay; memory for tests)."""

@@ -1,0 +1,55 @@
+"""Runs the shared transport conformance checks against every transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from syncer.identity import Identity, load_or_create
+from syncer.net.memory import memory_pair
+from syncer.net.tcp import TcpTransport
+from syncer.net.transport import Stream
+from tests import transport_conformance as conf
+
+
+@pytest.fixture(scope="session")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[Identity, Identity]:
+    d: Path = tmp_path_factory.mktemp("ids")
+    return (
+        load_or_create(d / "a-cert.pem", d / "a-key.pem"),
+        load_or_create(d / "b-cert.pem", d / "b-key.pem"),
+    )
+
+
+@contextlib.asynccontextmanager
+async def memory_factory(ida: Identity, idb: Identity) -> AsyncIterator[tuple[Stream, Stream]]:
+    yield memory_pair(ida.device_id, idb.device_id)
+
+
+@contextlib.asynccontextmanager
+async def tcp_factory(ida: Identity, idb: Identity) -> AsyncIterator[tuple[Stream, Stream]]:
+    accepted: asyncio.Queue[Stream] = asyncio.Queue()
+
+    async def handler(s: Stream) -> None:
+        await accepted.put(s)
+
+    listener = await TcpTransport(idb).listen("tcp://127.0.0.1:0", handler)
+    try:
+        a = await TcpTransport(ida).connect(listener.url)
+        b = await asyncio.wait_for(accepted.get(), 10)
+        yield a, b
+    finally:
+        await listener.close()
+
+
+FACTORIES = {"memory": memory_factory, "tcp": tcp_factory}
+
+
+@pytest.mark.parametrize("check", conf.CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_transport_conformance(name, check, identities):
+    conf.run_check(FACTORIES[name], check, *identities)
