@@ -1,0 +1,1 @@
+"""Local control API: an aiohttp app embedded in the daemon's loop, and the CLI's client."""

@@ -1,0 +1,115 @@
+"""`syncer pair`, `unpair`, `devices`, `pending`."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from syncer.api import client
+from syncer.cli import app
+from syncer.commands import common
+from syncer.config import DeviceConfig, edit_config
+from syncer.deviceid import DeviceId
+from syncer.errors import ConfigError
+from syncer.pending import PendingStore
+
+
+
+@app.command()
+def pair(
+    device: str = typer.Argument(..., help="the other device's ID"),
+    address: list[str] = typer.Option([], "--address", help="static address, e.g. tcp://192.0.2.1:22000 (repeatable)"),
+    name: str = typer.Option("", "--name", help="a name for the device"),
+) -> None:
+    """Link a device: it may connect to us and we connect to it. Pairing is mutual: run it on both."""
+    dev = DeviceId.parse(device)
+    if dev == common.identity().device_id:
+        raise ConfigError("that is this device's own ID; pair with the other device's ID")
+    p = common.paths()
+    with edit_config(p.config_file) as cfg:
+        old = cfg.device(dev)
+        cfg.upsert_device(
+            DeviceConfig(
+                id=str(dev),
+                name=name or (old.name if old else ""),
+                addresses=address or (old.addresses if old else []),
+            )
+        )
+    PendingStore(p.state_dir / "pending.json").forget_device(str(dev))
+    client.reload_if_running(p)
+    typer.echo(f"paired {dev}")
+
+
+@app.command()
+def unpair(device: str = typer.Argument(..., help="the device's ID")) -> None:
+    """Unlink a device; its connection is closed and it gets nothing more."""
+    dev = DeviceId.parse(device)
+    p = common.paths()
+    with edit_config(p.config_file) as cfg:
+        if not cfg.remove_device(dev):
+            raise ConfigError(f"device {dev} is not paired")
+    client.reload_if_running(p)
+    typer.echo(f"unpaired {dev}")
+
+
+def device_rows() -> list[dict[str, object]]:
+    """From the running daemon when there is one (with connection state), else from config."""
+    p = common.paths()
+    try:
+        return client.call(p, "GET", "/rest/devices")
+    except client.NotRunning:
+        return [
+            {
+                "device_id": d.id,
+                "name": d.name,
+                "addresses": [{"address": a, "source": "static"} for a in d.addresses],
+                "connected": False,
+                "address": None,
+                "transport": None,
+                "since": None,
+            }
+            for d in common.config().devices
+        ]
+
+
+@app.command()
+def devices(json: bool = common.JsonOption) -> None:
+    """List paired devices: connected or not, address, transport, since."""
+    rows = device_rows()
+    if json:
+        common.print_json(rows)
+        return
+    if not rows:
+        typer.echo("no paired devices (pair one with `syncer pair DEVICE-ID`)")
+        return
+    t = Table("device", "name", "state", "transport", "address", "since")
+    for r in rows:
+        t.add_row(
+            str(r["device_id"]),
+            str(r.get("name") or ""),
+            "connected" if r.get("connected") else "disconnected",
+            str(r.get("transport") or ""),
+            str(r.get("address") or ", ".join(a["address"] for a in r.get("addresses", []))),  # type: ignore[union-attr]
+            str(r.get("since") or ""),
+        )
+    Console(width=200).print(t)
+
+
+@app.command()
+def pending(json: bool = common.JsonOption) -> None:
+    """Devices that tried to connect without being paired, and folders offered to us."""
+    p = common.paths()
+    try:
+        data = client.call(p, "GET", "/rest/pending")
+    except client.NotRunning:
+        data = PendingStore(p.state_dir / "pending.json").to_json()
+    if json:
+        common.print_json(data)
+        return
+    if not data["devices"] and not data["folders"]:
+        typer.echo("nothing pending")
+    for d in data["devices"]:
+        typer.echo(f"device {d['device_id']} {d.get('name') or ''} from {d['address']} (pair it with `syncer pair {d['device_id']}`)")
+    for f in data["folders"]:
+        typer.echo(f"folder {f['folder_id']} {f.get('label') or ''} offered by {f['offered_by']} (join with `syncer share PATH --id {f['folder_id']}`)")
