@@ -11,6 +11,7 @@ import pytest
 
 from syncer.identity import Identity, load_or_create
 from syncer.net.memory import memory_pair
+from syncer.net.quic import QuicTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Stream
 from tests import transport_conformance as conf
@@ -46,7 +47,23 @@ async def tcp_factory(ida: Identity, idb: Identity) -> AsyncIterator[tuple[Strea
         await listener.close()
 
 
-FACTORIES = {"memory": memory_factory, "tcp": tcp_factory}
+@contextlib.asynccontextmanager
+async def quic_factory(ida: Identity, idb: Identity) -> AsyncIterator[tuple[Stream, Stream]]:
+    accepted: asyncio.Queue[Stream] = asyncio.Queue()
+
+    async def handler(s: Stream) -> None:
+        await accepted.put(s)
+
+    listener = await QuicTransport(idb).listen("quic://127.0.0.1:0", handler)
+    try:
+        a = await QuicTransport(ida).connect(listener.url)
+        b = await asyncio.wait_for(accepted.get(), 10)
+        yield a, b
+    finally:
+        await listener.close()
+
+
+FACTORIES = {"memory": memory_factory, "tcp": tcp_factory, "quic": quic_factory}
 
 
 @pytest.mark.parametrize("check", conf.CHECKS, ids=lambda c: c.__name__)

@@ -1,0 +1,1 @@
+"""NAT traversal: the shared UDP socket (demux), rendezvous client, hole punching, dialer policy."""

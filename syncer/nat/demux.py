@@ -1,0 +1,98 @@
+"""One UDP socket shared by rendezvous, punching, keepalives and QUIC.
+
+Datagrams are routed by their first byte (see messages.py): control datagrams (0x00) go to every
+registered control handler, QUIC packets (fixed bit 0x40) to the QUIC handler, anything else is
+dropped. Replies go out of this same socket, so they leave from the address and port the peer's
+NAT has a mapping for (the lab's "reply from the right source" pitfall).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from syncer.nat import messages
+from syncer.nat.messages import Control
+
+log = logging.getLogger(__name__)
+
+Addr = tuple[str, int]
+ControlHandler = Callable[[Control, Addr], None]
+DatagramHandler = Callable[[bytes, Addr], None]
+
+# best effort: the kernel caps these at net.core.[rw]mem_max; bigger buffers absorb QUIC bursts
+SOCKET_BUFFER = 4 << 20
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self._transport: asyncio.DatagramTransport | None = None
+        self._control_handlers: list[ControlHandler] = []
+        self.on_quic: DatagramHandler | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.local_address: Addr = ("", 0)
+
+    @classmethod
+    async def bind(cls, host: str = "0.0.0.0", port: int = 0) -> UdpEndpoint:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return await cls.from_socket(sock)
+
+    @classmethod
+    async def from_socket(cls, sock: socket.socket) -> UdpEndpoint:
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_datagram_endpoint(cls, sock=sock)
+        return proto
+
+    # asyncio.DatagramProtocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self.local_address = transport.get_extra_info("sockname")[:2]
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        addr = addr[:2]
+        if messages.is_control(data):
+            msg = messages.decode(data)
+            if msg is not None:
+                for handler in list(self._control_handlers):
+                    handler(msg, addr)
+        elif messages.is_quic(data) and self.on_quic is not None:
+            self.on_quic(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable while punching) are expected; punching retries anyway
+        log.debug("udp error on %s: %s", self.local_address, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # API -----------------------------------------------------------------------------------
+    def add_control_handler(self, handler: ControlHandler) -> Callable[[], None]:
+        """Register `handler`; returns a function that unregisters it."""
+        self._control_handlers.append(handler)
+        return lambda: self._control_handlers.remove(handler) if handler in self._control_handlers else None
+
+    def send_control(self, msg: Control, addr: Addr) -> None:
+        self.sendto(messages.encode(msg), addr)
+
+    def sendto(self, data: bytes, addr: Addr) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
