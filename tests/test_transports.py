@@ -12,8 +12,10 @@ import pytest
 from syncer.identity import Identity, load_or_create
 from syncer.net.memory import memory_pair
 from syncer.net.quic import QuicTransport
+from syncer.net.relay_client import RelayTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Stream
+from syncer.relay.server import RelayServer
 from tests import transport_conformance as conf
 
 
@@ -63,7 +65,33 @@ async def quic_factory(ida: Identity, idb: Identity) -> AsyncIterator[tuple[Stre
         await listener.close()
 
 
-FACTORIES = {"memory": memory_factory, "tcp": tcp_factory, "quic": quic_factory}
+@contextlib.asynccontextmanager
+async def relay_factory(ida: Identity, idb: Identity) -> AsyncIterator[tuple[Stream, Stream]]:
+    accepted: asyncio.Queue[Stream] = asyncio.Queue()
+
+    async def handler(s: Stream) -> None:
+        await accepted.put(s)
+
+    server = RelayServer(ida)  # any identity will do for the relay's own
+    await server.start("127.0.0.1", 0)
+    ta, tb = RelayTransport(ida, server.url), RelayTransport(idb, server.url)
+    try:
+        await tb.register(handler)
+        a = await ta.connect(idb.device_id)
+        b = await asyncio.wait_for(accepted.get(), 10)
+        yield a, b
+    finally:
+        await ta.close()
+        await tb.close()
+        await server.close()
+
+
+FACTORIES = {
+    "memory": memory_factory,
+    "tcp": tcp_factory,
+    "quic": quic_factory,
+    "relay": relay_factory,
+}
 
 
 @pytest.mark.parametrize("check", conf.CHECKS, ids=lambda c: c.__name__)

@@ -14,10 +14,15 @@ CONTROL_MARKER = 0x00
 QUIC_FIXED_BIT = 0x40
 MAX_CONTROL_DATAGRAM = 512
 TOKEN_LEN = 16
+# Requests are padded to this size and the rendezvous answers only requests at least as large as
+# its answer, so it cannot amplify traffic towards a spoofed source address.
+MIN_REQUEST = 64
 
 
 class Probe(msgspec.Struct, tag=1, array_like=True, frozen=True):
     """Anyone -> rendezvous: "what address do you see me at?" (STUN-like)."""
+
+    pad: bytes = b""
 
 
 class Bind(msgspec.Struct, tag=2, array_like=True, frozen=True):
@@ -27,6 +32,7 @@ class Bind(msgspec.Struct, tag=2, array_like=True, frozen=True):
     only it can bind its address (a stranger cannot redirect punches)."""
 
     cookie: bytes
+    pad: bytes = b""
 
 
 class Bound(msgspec.Struct, tag=3, array_like=True, frozen=True):
@@ -52,6 +58,15 @@ _decoder = msgspec.msgpack.Decoder(Control)
 
 def encode(msg: Control) -> bytes:
     return b"\x00" + _encoder.encode(msg)
+
+
+def padded(msg: Probe | Bind) -> bytes:
+    """A request padded to MIN_REQUEST bytes (see MIN_REQUEST)."""
+    short = len(encode(msg))
+    if short >= MIN_REQUEST:
+        return encode(msg)
+    # the msgpack bin header of `pad` is 2 bytes whether it holds 0 or up to 255 bytes
+    return encode(msgspec.structs.replace(msg, pad=bytes(MIN_REQUEST - short)))
 
 
 def is_control(datagram: bytes) -> bool:

@@ -1,0 +1,1 @@
+"""The relay + rendezvous server (`syncer relay`): its wire protocol, pure session logic and I/O."""
