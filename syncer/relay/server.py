@@ -16,6 +16,7 @@ import ssl
 from dataclasses import dataclass
 
 from syncer.deviceid import DeviceId
+from syncer.errors import SyncerError
 from syncer.identity import Identity
 from syncer.nat import messages as m
 from syncer.nat.demux import Addr, UdpEndpoint
@@ -30,6 +31,10 @@ PIPE_CHUNK = 256 << 10
 MAX_CONTROL_BACKLOG = 256 << 10  # a control connection that does not read its invites is dropped
 PORT_ATTEMPTS = 20
 PUNCH_START_DELAY_MS = 0  # both sides get PunchStart at about the same time; punching retries
+
+
+class RelayError(SyncerError):
+    pass
 
 
 @dataclass(frozen=True)
