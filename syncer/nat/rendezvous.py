@@ -87,6 +87,7 @@ async def punch_and_connect(
     endpoint: UdpEndpoint | None = None,
     punch_duration: float = PUNCH_DURATION,
     timeout: float = RENDEZVOUS_TIMEOUT,
+    keepalive: float = KEEPALIVE_INTERVAL,
 ) -> QuicStream:
     """A QUIC stream to `peer_device_id` over a hole punched via the relay at `rendezvous_url`.
 
@@ -96,7 +97,7 @@ async def punch_and_connect(
     relay = RelayTransport(identity, rendezvous_url)
     server = await resolve_udp(relay.relay.host, relay.relay.port)
     udp = endpoint or await UdpEndpoint.bind(_wildcard_for(server), 0)
-    quic = QuicEndpoint(udp, identity, owns_socket=endpoint is None)
+    quic = QuicEndpoint(udp, identity, owns_socket=endpoint is None, keepalive=keepalive)
     try:
         conn = await relay.open(p.PunchRequest(peer_device_id.raw))
         binder: asyncio.Task[None] | None = None
@@ -154,6 +155,7 @@ class PunchResponder:
         port: int = 0,
         relay: RelayTransport | None = None,
         punch_duration: float = PUNCH_DURATION,
+        keepalive: float = KEEPALIVE_INTERVAL,
     ) -> None:
         self.identity = identity
         self._url = rendezvous_url
@@ -162,6 +164,7 @@ class PunchResponder:
         self._relay = relay
         self._own_relay = relay is None
         self._punch_duration = punch_duration
+        self._keepalive_interval = keepalive
         self._queue: asyncio.Queue[Stream] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._binders: dict[bytes, asyncio.Task[None]] = {}
@@ -178,7 +181,9 @@ class PunchResponder:
         self._relay = relay
         self.server = await resolve_udp(relay.relay.host, relay.relay.port)
         self.udp = await UdpEndpoint.bind(self._host, self._port)
-        self.quic = QuicEndpoint(self.udp, self.identity, self._on_stream, owns_socket=True)
+        self.quic = QuicEndpoint(
+            self.udp, self.identity, self._on_stream, owns_socket=True, keepalive=self._keepalive_interval
+        )
         self.udp.add_control_handler(self._on_udp)
         self._remove_listener = relay.add_listener(self._on_relay)
         try:
@@ -240,7 +245,7 @@ class PunchResponder:
     async def _keepalive(self) -> None:
         while True:
             self._send_bind()  # keeps our NAT mapping towards the rendezvous, refreshes public_address
-            await asyncio.sleep(KEEPALIVE_INTERVAL)
+            await asyncio.sleep(self._keepalive_interval)
 
     def _on_udp(self, msg: m.Control, addr: Addr) -> None:
         if isinstance(msg, m.Bound) and addr == self.server:

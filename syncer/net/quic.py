@@ -258,6 +258,7 @@ class _Driver:
         quic: _Connection,
         endpoint: QuicEndpoint,
         remote: Addr,
+        keepalive: float,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
@@ -272,7 +273,7 @@ class _Driver:
         self._peer: DeviceId | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._keepalive = Keepalive(KEEPALIVE_INTERVAL, loop.time())
+        self._keepalive = Keepalive(keepalive, loop.time())
         self._handshake_timer = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
@@ -423,7 +424,8 @@ class QuicEndpoint:
     """QUIC connections on one `UdpEndpoint`, routed by destination connection ID.
 
     With `handler`, peers may connect to us (each verified connection's stream is passed to it,
-    in a task); `connect()` opens outgoing connections from the same socket."""
+    in a task); `connect()` opens outgoing connections from the same socket. Every connection
+    sends a PING after `keepalive` seconds without sending anything."""
 
     def __init__(
         self,
@@ -431,8 +433,10 @@ class QuicEndpoint:
         identity: Identity,
         handler: StreamHandler | None = None,
         owns_socket: bool = False,
+        keepalive: float = KEEPALIVE_INTERVAL,
     ) -> None:
         self.udp = udp
+        self.keepalive = keepalive
         self._identity = identity
         self._handler = handler
         self._owns_socket = owns_socket
@@ -478,7 +482,7 @@ class QuicEndpoint:
 
     # internals --------------------------------------------------------------------------------
     def _add(self, quic: _Connection, addr: Addr, cids: list[bytes]) -> _Driver:
-        driver = _Driver(quic, self, addr)
+        driver = _Driver(quic, self, addr, self.keepalive)
         self._drivers.add(driver)
         for cid in cids:
             self._register(cid, driver)
