@@ -10,7 +10,8 @@ Things aioquic does not do by itself, and how this module does them (docs/nat.md
   context's `_request_client_certificate`; aioquic then checks the client's CertificateVerify
   signature (proof of key possession) and we verify the chain against the syncer device CA right
   after the handshake, before any stream is handed out. A client without a valid certificate gets
-  CONNECTION_CLOSE (CRYPTO_ERROR bad_certificate) and never a stream.
+  CONNECTION_CLOSE (CRYPTO_ERROR bad_certificate) instead of HANDSHAKE_DONE and never a stream;
+  the client side hands out its stream only once the handshake is confirmed (HANDSHAKE_DONE).
 - Backpressure: aioquic doubles a stream's receive window whenever the peer used half of it,
   whether or not the application reads. `_Connection` grants credit from what the application
   consumed instead, so a slow reader holds at most STREAM_WINDOW bytes; writers wait while more
@@ -154,6 +155,11 @@ class _Connection(QuicConnection):
         stream = self._streams.get(stream_id)
         return stream is None or stream.sender.is_finished
 
+    @property
+    def confirmed(self) -> bool:
+        """Handshake confirmed: the client received HANDSHAKE_DONE (RFC 9001 4.1.2)."""
+        return bool(self._handshake_confirmed)
+
     def peer_certificate(self) -> x509.Certificate | None:
         return self.tls._peer_certificate
 
@@ -281,6 +287,7 @@ class _Driver:
             return
         self.quic.receive_datagram(data, addr, now=self._loop.time())
         self._process_events()
+        self._check_confirmed()
         self.transmit()
         if self.stream is not None:
             self.stream._acked()
@@ -371,7 +378,13 @@ class _Driver:
             return
         self._peer = DeviceId.from_cert_der(cert.public_bytes(Encoding.DER))
         if self.is_client:
+            # open the stream now (1-RTT data), but hand it out only once the server confirmed
+            # the handshake: a server rejecting our certificate closes the connection instead
             self.quic.send_stream_data(STREAM_ID, STREAM_PREAMBLE)
+            self._check_confirmed()
+
+    def _check_confirmed(self) -> None:
+        if self.is_client and self.stream is None and self._peer is not None and self.quic.confirmed:
             self._open_stream()
 
     def _open_stream(self) -> None:
