@@ -87,8 +87,9 @@ class PunchSession:
         if now >= self._next_send:
             out.append((Punch(self.punch_id, self.heard), self.peer))
             self.sent += 1
-            # catch up without bursting after a late wake-up
-            self._next_send = max(self._next_send + self.interval, now)
+            self._next_send += self.interval
+            if self._next_send <= now:  # woke up late: no burst to catch up
+                self._next_send = now + self.interval
         return out
 
     def next_deadline(self) -> float | None:
