@@ -1,0 +1,303 @@
+"""The daemon: assembles config, identity, transports, the connection gate, the dialer and the
+control API in one asyncio loop, and runs until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from syncer import __version__
+from syncer.api.server import ApiServer, load_or_create_token
+from syncer.config import Config, load_config
+from syncer.connections import ConnInfo, preferred
+from syncer.deviceid import DeviceId
+from syncer.errors import DaemonError, SyncerError
+from syncer.identity import load_or_create
+from syncer.net.backoff import Backoff
+from syncer.net.tcp import TcpTransport
+from syncer.net.transport import Address, Listener, Stream, TransportError
+from syncer.paths import Paths
+from syncer.pending import PendingStore
+from syncer.session import PeerSession, SessionClosed
+
+log = logging.getLogger("syncer.daemon")
+
+DIAL_TICK = 0.5
+HELLO_TIMEOUT = 10.0
+
+
+@contextlib.contextmanager
+def pid_lock(paths: Paths) -> Iterator[None]:
+    """Hold an exclusive lock on the pid file for the daemon's lifetime: a second daemon on the
+    same SYNCER_HOME is refused even if a stale pid file was left behind by a crash."""
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    f = open(paths.pid_file.with_suffix(".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        try:
+            other = paths.pid_file.read_text().strip()
+        except FileNotFoundError:
+            other = "?"
+        raise DaemonError(f"another syncer daemon is already running for {paths.state_dir} (pid {other})") from None
+    try:
+        paths.pid_file.write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            paths.pid_file.unlink()
+        f.close()
+
+
+class Daemon:
+    def __init__(self, paths: Paths, listen: list[str] | None = None, api: str | None = None) -> None:
+        self.paths = paths
+        self.identity = load_or_create(paths.cert_file, paths.key_file)
+        self.device_id = self.identity.device_id
+        self.config: Config = load_config(paths.config_file)
+        self._listen_override = listen
+        self._api_override = api
+        self.transports = {"tcp": TcpTransport(self.identity)}
+        self.listeners: list[Listener] = []
+        self.pending_store = PendingStore(paths.state_dir / "pending.json")
+        self.sessions: dict[DeviceId, PeerSession] = {}
+        self.backoff: dict[DeviceId, Backoff] = {}
+        self.dialing: set[DeviceId] = set()
+        self.discovered: dict[DeviceId, dict[str, str]] = {}  # device -> address -> source
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._wake_dialer = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.api: ApiServer | None = None
+
+    # lifecycle -------------------------------------------------------------
+    @property
+    def listen_urls(self) -> list[str]:
+        return self._listen_override or self.config.get("listen")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._start()
+            log.info("syncer %s running as %s", __version__, self.device_id)
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+
+    async def _start(self) -> None:
+        for url in self.listen_urls:
+            scheme = url.partition("://")[0]
+            transport = self.transports.get(scheme)
+            if transport is None:
+                log.warning("no %s transport in this build; not listening on %s", scheme, url)
+                continue
+            listener = await transport.listen(url, self._on_inbound)
+            self.listeners.append(listener)
+            log.info("listening on %s", listener.url)
+        token = load_or_create_token(self.paths.api_token_file)
+        self.api = ApiServer(self, token)
+        host, _, port = (self._api_override or self.config.get("api.address")).rpartition(":")
+        address = await self.api.start(host, int(port))
+        tmp = self.paths.api_address_file.with_suffix(".tmp")
+        tmp.write_text(address)
+        os.replace(tmp, self.paths.api_address_file)
+        log.info("control API on %s", address)
+        self._spawn(self._dial_loop())
+
+    async def _shutdown(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.api_address_file.unlink()
+        for t in list(self._tasks):
+            t.cancel()
+        for s in list(self.sessions.values()):
+            await s.close("daemon shutting down")
+        for listener in self.listeners:
+            await listener.close()
+        if self.api:
+            await self.api.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("stopped")
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("internal task failed", exc_info=task.exception())
+
+    # connections -------------------------------------------------------------
+    async def _on_inbound(self, stream: Stream) -> None:
+        await self._handle_stream(stream, expected=None)
+
+    async def _handle_stream(self, stream: Stream, expected: DeviceId | None) -> None:
+        peer = stream.peer
+        if expected is not None and peer != expected:
+            log.warning("dialed %s at %s but reached %s; closing", expected.short, stream.remote_address, peer.short)
+            stream.abort()
+            return
+        dev = self.config.device(peer)
+        if dev is None:
+            log.info("connection from unpaired device %s at %s refused", peer, stream.remote_address)
+            self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
+            stream.abort()
+            return
+        session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None)
+        try:
+            await asyncio.wait_for(session.handshake(), HELLO_TIMEOUT)
+        except (TimeoutError, SessionClosed, ConnectionError, OSError) as e:
+            log.info("hello with %s failed: %s", peer.short, e or type(e).__name__)
+            stream.abort()
+            return
+        mono, wall = time.monotonic(), time.time()
+        info = ConnInfo(peer, stream.transport, stream.remote_address, self.device_id if expected else peer, mono, wall)
+        session.info = info
+        existing = self.sessions.get(peer)
+        if existing is not None and existing.info is not None:
+            if preferred(existing.info, info) is existing.info:
+                await session.close("duplicate connection")
+                return
+            await existing.close("replaced by a better connection")
+        self.sessions[peer] = session
+        self.backoff.setdefault(peer, Backoff()).succeeded()
+        log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, stream.transport, stream.remote_address)
+        try:
+            await session.run()
+        finally:
+            if self.sessions.get(peer) is session:
+                del self.sessions[peer]
+                log.info("disconnected from %s: %s", peer.short, session.close_reason)
+                self._wake_dialer.set()
+
+    # dialer ------------------------------------------------------------------
+    def addresses_of(self, device: DeviceId) -> list[tuple[str, str]]:
+        """(address, source) candidates in dialing order: direct before relayed."""
+        dev = self.config.device(device)
+        out = [(a, "static") for a in (dev.addresses if dev else [])]
+        out += [(a, s) for a, s in self.discovered.get(device, {}).items() if a not in dict(out)]
+        rank = {"tcp": 0, "quic": 1, "relay": 2}
+        return sorted(out, key=lambda x: rank.get(x[0].partition("://")[0], 9))
+
+    async def _dial_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            for dev in self.config.devices:
+                device = dev.device_id
+                if device in self.sessions or device in self.dialing:
+                    continue
+                backoff = self.backoff.setdefault(device, Backoff())
+                if not backoff.due(now) or not self.addresses_of(device):
+                    continue
+                self.dialing.add(device)
+                self._spawn(self._dial(device))
+            self._wake_dialer.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake_dialer.wait(), DIAL_TICK)
+
+    async def _dial(self, device: DeviceId) -> None:
+        try:
+            for url, _source in self.addresses_of(device):
+                transport = self.transports.get(url.partition("://")[0])
+                if transport is None:
+                    continue
+                try:
+                    stream = await transport.connect(url)
+                except TransportError as e:
+                    log.debug("dial %s at %s: %s", device.short, url, e)
+                    continue
+                self.dialing.discard(device)
+                await self._handle_stream(stream, expected=device)
+                return
+            self.backoff.setdefault(device, Backoff()).failed(time.monotonic())
+        finally:
+            self.dialing.discard(device)
+
+    # control API -----------------------------------------------------------
+    def _device_row(self, dev_id: str, name: str) -> dict[str, Any]:
+        device = DeviceId.parse(dev_id)
+        s = self.sessions.get(device)
+        info = s.info if s else None
+        return {
+            "device_id": dev_id,
+            "name": name or (s.remote_name if s else ""),
+            "connected": info is not None,
+            "transport": info.transport if info else None,
+            "address": info.address if info else None,
+            "since": info.since if info else None,
+            "addresses": [{"address": a, "source": src} for a, src in self.addresses_of(device)],
+            "down_rate": s.down_rate() if s else 0.0,
+            "up_rate": s.up_rate() if s else 0.0,
+        }
+
+    def devices(self) -> list[dict[str, Any]]:
+        return [self._device_row(d.id, d.name) for d in self.config.devices]
+
+    def pending(self) -> dict[str, Any]:
+        return self.pending_store.to_json()
+
+    def folders(self) -> list[dict[str, Any]]:
+        return [
+            {"id": f.id, "label": f.label, "path": f.path, "state": "paused" if f.paused else "idle"}
+            for f in self.config.folders
+        ]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device_id": str(self.device_id),
+            "name": self.config.device_name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": time.time() - self.started,
+            "listen": [listener.url for listener in self.listeners],
+            "api": self.api.address if self.api else "",
+            "folders": self.folders(),
+            "devices": self.devices(),
+        }
+
+    async def reload(self) -> None:
+        try:
+            cfg = load_config(self.paths.config_file)
+        except SyncerError as e:
+            log.error("config not reloaded: %s", e)
+            raise
+        self.config = cfg
+        paired = {d.device_id for d in cfg.devices}
+        for device in paired:
+            self.pending_store.forget_device(str(device))
+        for device, session in list(self.sessions.items()):
+            if device not in paired:
+                await session.close("unpaired")
+        for b in self.backoff.values():
+            b.reset()
+        self._wake_dialer.set()
+
+    async def scan(self, folder: str | None) -> dict[str, Any]:
+        return {"scanned": []}
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+
+def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = None) -> None:
+    logging.basicConfig(
+        level=os.environ.get("SYNCER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for url in listen or []:
+        Address.parse(url)
+    with pid_lock(paths):
+        daemon = Daemon(paths, listen, api)
+        asyncio.run(daemon.run())

@@ -1,0 +1,1 @@
+"""The sync model: folders, global state, the need list, conflicts and applying remote changes."""

@@ -1,0 +1,105 @@
+"""Framing: `length:u32be | type:u8 | body`, where length counts type + body.
+
+Limits are checked from the 5-byte header, before any body is buffered, so a peer cannot make us
+hold more than one maximal frame. Piece bodies are `id:u64be | raw data`; every other body is a
+msgpack array decoded with msgspec into the message's Struct.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+from syncer.wire.messages import TYPE_OF, TYPES, Index, IndexUpdate, Message, Piece
+
+HEADER = struct.Struct(">IB")
+PIECE_ID = struct.Struct(">Q")
+MAX_PIECE_DATA = 16 << 20  # largest block size
+MAX_INDEX_FRAME = 32 << 20  # senders split indexes into batches well below this
+MAX_CONTROL_FRAME = 1 << 20
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders = {t: msgspec.msgpack.Decoder(cls) for t, cls in TYPES.items() if cls is not Piece}
+_PIECE_TYPE = TYPE_OF[Piece]
+
+
+class FrameError(Exception):
+    """The byte stream is not valid syncer protocol; the reason is sent in Close."""
+
+
+def max_frame(type_byte: int) -> int:
+    if type_byte == _PIECE_TYPE:
+        return 1 + PIECE_ID.size + MAX_PIECE_DATA
+    if TYPES.get(type_byte) in (Index, IndexUpdate):
+        return MAX_INDEX_FRAME
+    return MAX_CONTROL_FRAME
+
+
+def encode(msg: Message) -> bytes:
+    t = TYPE_OF[type(msg)]
+    if t == _PIECE_TYPE:
+        assert isinstance(msg, Piece)
+        return b"".join(encode_piece(msg.id, msg.data))
+    body = _encoder.encode(msg)
+    if len(body) + 1 > max_frame(t):
+        raise ValueError(f"{type(msg).__name__} of {len(body)} bytes exceeds the frame limit")
+    return HEADER.pack(len(body) + 1, t) + body
+
+
+def encode_piece(request_id: int, data: bytes | memoryview) -> list[bytes | memoryview]:
+    """Header and payload as separate buffers, so megabytes are not copied to be framed."""
+    if len(data) > MAX_PIECE_DATA:
+        raise ValueError("piece larger than the maximum block size")
+    return [HEADER.pack(1 + PIECE_ID.size + len(data), _PIECE_TYPE) + PIECE_ID.pack(request_id), data]
+
+
+def decode_body(type_byte: int, body: memoryview) -> Message:
+    if type_byte == _PIECE_TYPE:
+        if len(body) < PIECE_ID.size:
+            raise FrameError("truncated piece")
+        return Piece(PIECE_ID.unpack_from(body)[0], bytes(body[PIECE_ID.size :]))
+    dec = _decoders.get(type_byte)
+    if dec is None:
+        raise FrameError(f"unknown message type 0x{type_byte:02x}")
+    try:
+        return dec.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise FrameError(f"malformed {TYPES[type_byte].__name__}: {e}") from None
+
+
+class FrameDecoder:
+    """Accumulates bytes and yields complete messages; O(total bytes), never re-copies the
+    unconsumed tail on every frame."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Decoded messages; raises FrameError on the first invalid frame."""
+        self._buf += data
+        out: list[Message] = []
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        try:
+            while end - pos >= HEADER.size:
+                length, t = HEADER.unpack_from(buf, pos)
+                if length < 1:
+                    raise FrameError("empty frame")
+                if length > max_frame(t):
+                    raise FrameError(f"frame of {length} bytes for type 0x{t:02x} exceeds the limit")
+                if end - pos < 4 + length:
+                    break
+                with memoryview(buf) as mv:
+                    out.append(decode_body(t, mv[pos + HEADER.size : pos + 4 + length]))
+                pos += 4 + length
+        finally:
+            # compact once per feed: drop consumed bytes so the buffer stays ~one frame
+            if pos:
+                del buf[:pos]
+            self._pos = 0
+        return out

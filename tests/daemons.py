@@ -1,0 +1,139 @@
+"""End-to-end harness: real `syncer run` daemons as subprocesses, each with its own SYNCER_HOME,
+listening on loopback with OS-chosen ports and discovery off unless a test turns it on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.helpers import SYNCER, run_syncer
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 60.0
+
+
+def wait_until(pred: Callable[[], T], timeout: float = DEFAULT_TIMEOUT, what: str = "condition") -> T:
+    """Poll `pred` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = pred()
+            if value:
+                return value
+        except (AssertionError, OSError, ValueError, KeyError) as e:
+            last_exc = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+        time.sleep(delay)  # polling interval, bounded by the deadline
+        delay = min(delay * 1.5, 0.25)
+
+
+class Node:
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.home = root / f"home-{name}"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.device_id = self.syncer("id", check=True).stdout.strip()
+        for key, value in [
+            ("discovery.tracker.enabled", "false"),
+            ("discovery.dht.enabled", "false"),
+            ("discovery.lan.enabled", "false"),
+            ("nat.enabled", "false"),
+            ("device.name", name),
+        ]:
+            self.syncer("config", "set", key, value, check=True)
+
+    def syncer(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return run_syncer(self.home, *args, check=check, timeout=timeout)
+
+    def start(self, listen: list[str] | None = None, extra_env: dict[str, str] | None = None) -> Node:
+        assert self.proc is None
+        args = [SYNCER or "syncer", "run", "--api", "127.0.0.1:0"]
+        for url in listen or ["tcp://127.0.0.1:0"]:
+            args += ["--listen", url]
+        env = dict(os.environ, SYNCER_HOME=str(self.home), SYNCER_LOG_LEVEL="DEBUG", **(extra_env or {}))
+        self.log = open(self.home / "daemon.log", "ab")
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._ready, 30, f"daemon {self.name} to start")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"daemon {self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+        return (self.home / "api-address").exists() and self.status().get("running", True)
+
+    def status(self) -> dict[str, Any]:
+        p = self.syncer("status", "--json")
+        return json.loads(p.stdout)
+
+    def listen_url(self, scheme: str = "tcp") -> str:
+        return next(u for u in self.status()["listen"] if u.startswith(scheme + "://"))
+
+    def device(self, other: Node) -> dict[str, Any]:
+        return next(d for d in self.status()["devices"] if d["device_id"] == other.device_id)
+
+    def connected_to(self, other: Node) -> bool:
+        return bool(self.device(other)["connected"])
+
+    def pair(self, other: Node, address: bool = True) -> None:
+        args = ["pair", other.device_id, "--name", other.name]
+        if address:
+            args += ["--address", other.listen_url()]
+        self.syncer(*args, check=True)
+
+    def log_text(self) -> str:
+        try:
+            return (self.home / "daemon.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.log.close()
+        return proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def cluster(root: Path, *names: str) -> Iterator[list[Node]]:
+    nodes = [Node(root, n) for n in names]
+    try:
+        yield nodes
+    except BaseException:
+        for n in nodes:
+            sys.stderr.write(f"\n----- log of {n.name} -----\n{n.log_text()[-6000:]}\n")
+        raise
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def pair_all(nodes: list[Node]) -> None:
+    for a in nodes:
+        for b in nodes:
+            if a is not b:
+                a.pair(b)
