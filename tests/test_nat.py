@@ -81,7 +81,9 @@ def test_punch_follows_the_address_a_punch_came_from() -> None:
     mapped = ("198.18.0.2", 20012)  # the peer's NAT picked another port than announced
     s.receive(m.Punch(PID, False), mapped, now=0.02)
     assert s.heard and s.peer == mapped
-    assert s.poll(0.05) == [(m.Punch(PID, True), mapped)]
+    assert s.poll(0.02) == [(m.Punch(PID, True), mapped)]  # answered at once
+    assert s.poll(0.05) == []
+    assert s.poll(0.07) == [(m.Punch(PID, True), mapped)]
 
 
 def test_punch_done_when_the_peer_heard_us_and_says_goodbye() -> None:

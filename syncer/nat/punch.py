@@ -6,7 +6,8 @@ session over a `UdpEndpoint`. Rules (see docs/nat.md and the NAT lab's pitfalls)
 - From the start time until `duration` later, send `Punch(punch_id, heard)` to the peer every
   `interval`. Early packets are expected to be dropped by the peer's NAT; we keep going.
 - A Punch carrying our punch_id from *any* address makes that address the peer (peer-reflexive:
-  always answer where a punch actually came from) and sets heard=True in what we send.
+  always answer where a punch actually came from) and sets heard=True in what we send; the first
+  one is answered at once rather than at the next interval.
 - Done when the peer says heard=True: both directions work. We then send one last punch with
   heard=True so the peer completes too, even if it only ever sees this one.
 - Failed when the duration ends first. Punch ids are random and relay-assigned, so stray or
@@ -65,7 +66,9 @@ class PunchSession:
             return
         if addr != self.peer:
             self.peer = addr  # peer-reflexive: the NAT mapped the peer elsewhere than announced
-        self.heard = True
+        if not self.heard:
+            self.heard = True
+            self._next_send = now  # answer at once: the path is open right now
         if msg.heard:
             self.state = PunchState.DONE
             self.done_at = now
