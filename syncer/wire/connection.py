@@ -76,7 +76,7 @@ class Connection:
         """Bytes to write for `msg`. Raises RuntimeError on caller misuse (e.g. after close)."""
         if self.state is State.CLOSED:
             raise RuntimeError("connection is closed")
-        if not self.hello_sent and not isinstance(msg, Hello):
+        if not self.hello_sent and not isinstance(msg, (Hello, Close)):
             raise RuntimeError("Hello must be sent first")
         if isinstance(msg, Hello):
             if self.hello_sent:

@@ -86,10 +86,12 @@ class FrameDecoder:
         out: list[Message] = []
         buf, pos, end = self._buf, self._pos, len(self._buf)
         try:
-            while end - pos >= HEADER.size:
-                length, t = HEADER.unpack_from(buf, pos)
-                if length < 1:
+            while end - pos >= 4:
+                if buf[pos : pos + 4] == b"\0\0\0\0":
                     raise FrameError("empty frame")
+                if end - pos < HEADER.size:
+                    break
+                length, t = HEADER.unpack_from(buf, pos)
                 if length > max_frame(t):
                     raise FrameError(f"frame of {length} bytes for type 0x{t:02x} exceeds the limit")
                 if end - pos < 4 + length:
