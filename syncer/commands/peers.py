@@ -15,7 +15,6 @@ from syncer.errors import ConfigError
 from syncer.pending import PendingStore
 
 
-
 @app.command()
 def pair(
     device: str = typer.Argument(..., help="the other device's ID"),
