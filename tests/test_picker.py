@@ -1,0 +1,97 @@
+import random
+
+from syncer.transfer.picker import MAX_BAD, BlockRef, Picker
+
+
+def avail_picker(avail: str) -> Picker:
+    """One file whose block i is held by int(avail[i]) peers p0..p9; peer 'me' holds all."""
+    p = Picker(random.Random(1))
+    p.add_file("f", len(avail))
+    p.set_full_holder("me", "f")
+    for i, c in enumerate(avail):
+        for k in range(int(c)):
+            p.have(f"p{k}", BlockRef("f", i))
+    return p
+
+
+def test_rarest_first():
+    p = avail_picker("4179253")
+    picked = [r.index for r in p.pick("me", 7, now=0)]
+    # availability including 'me': 5,2,8,10,3,6,4 -> rarest first
+    assert picked == [1, 4, 6, 0, 5, 2, 3]
+
+
+def test_random_tie_break_is_deterministic_per_seed_and_varies():
+    orders = set()
+    for seed in range(10):
+        p = Picker(random.Random(seed))
+        p.add_file("f", 8)
+        p.set_full_holder("a", "f")
+        p.set_full_holder("b", "f")
+        orders.add(tuple(r.index for r in p.pick("a", 8, 0)))
+    assert len(orders) > 1
+
+
+def test_single_source_is_sequential_and_started_files_first():
+    p = Picker(random.Random(0))
+    p.add_file("a", 3)
+    p.add_file("b", 3, have={0})  # resumed: started
+    p.set_full_holder("x", "a")
+    p.set_full_holder("x", "b")
+    assert p.pick("x", 4, 0) == [BlockRef("b", 1), BlockRef("b", 2), BlockRef("a", 0), BlockRef("a", 1)]
+
+
+def test_peer_only_gets_blocks_it_holds():
+    p = Picker(random.Random(0))
+    p.add_file("f", 4)
+    p.set_partial("half", "f", {2, 3})
+    assert sorted(r.index for r in p.pick("half", 10, 0)) == [2, 3]
+    assert p.pick("nobody", 10, 0) == []
+
+
+def test_endgame_duplicates_and_cancels():
+    p = Picker(random.Random(0))
+    p.add_file("f", 2)
+    p.set_full_holder("a", "f")
+    p.set_full_holder("b", "f")
+    assert len(p.pick("a", 2, 0)) == 2
+    dup = p.pick("b", 2, 0)  # everything requested: endgame
+    assert sorted(r.index for r in dup) == [0, 1]
+    assert p.received("b", BlockRef("f", 0)) == [("a", BlockRef("f", 0))]
+    assert p.received("a", BlockRef("f", 1)) == [("b", BlockRef("f", 1))]
+    assert p.done("f")
+
+
+def test_bad_data_bans_peer_and_block_is_picked_again():
+    p = Picker(random.Random(0))
+    p.add_file("f", 1)
+    p.set_full_holder("evil", "f")
+    p.set_full_holder("good", "f")
+    for _ in range(MAX_BAD):
+        [ref] = p.pick("evil", 1, 0)
+        p.failed("evil", ref, bad_data=True)
+    assert p.is_banned("evil") and p.pick("evil", 1, 0) == []
+    assert p.pick("good", 1, 0) == [BlockRef("f", 0)]
+
+
+def test_timeouts_snub_peer():
+    p = Picker(random.Random(0))
+    p.add_file("f", 10)
+    p.set_full_holder("slow", "f")
+    assert len(p.pick("slow", 5, now=0)) == 5
+    expired = p.timeouts(now=100, timeout=60)
+    assert len(expired) == 5 and p.statistics().in_flight == 0
+    assert len(p.pick("slow", 5, now=101)) == 1  # snubbed: one at a time
+
+
+def test_remove_peer_and_file():
+    p = Picker(random.Random(0))
+    p.add_file("f", 3)
+    p.set_full_holder("a", "f")
+    p.pick("a", 3, 0)
+    p.remove_peer("a")
+    assert p.statistics().in_flight == 0 and p.holders("f") == set()
+    p.set_full_holder("b", "f")
+    p.pick("b", 1, 0)
+    assert p.remove_file("f") == [("b", BlockRef("f", 0))]
+    assert p.statistics().files == 0
