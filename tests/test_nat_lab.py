@@ -34,7 +34,13 @@ def _driver(ident: Identity, mode: str, relay: str, *extra: str) -> list[str]:
     ]
 
 
-def _pair(lab: NatLab, tmp: Path, dial_args: tuple[str, ...] = (), respond_args: tuple[str, ...] = ()):
+def _pair(
+    lab: NatLab,
+    tmp: Path,
+    dial_args: tuple[str, ...] = (),
+    respond_args: tuple[str, ...] = (),
+    wait_responder: bool = True,
+):
     a, b = _identity(tmp, "a"), _identity(tmp, "b")
     relay = lab.start_relay(tmp / "relay-home")
     resp = LineReader(lab.popen("h2", _driver(b, "respond", relay, *respond_args)))
@@ -42,7 +48,7 @@ def _pair(lab: NatLab, tmp: Path, dial_args: tuple[str, ...] = (), respond_args:
     assert ready["device_id"] == str(b.device_id)
     dialer = lab.popen("h1", _driver(a, "dial", relay, "--peer", str(b.device_id), *dial_args))
     dres = LineReader(dialer).json("RESULT", 60)
-    rres = resp.json("RESULT", 30)
+    rres = resp.json("RESULT", 30) if wait_responder else {}
     return a, b, dres, rres
 
 
@@ -60,10 +66,11 @@ def test_cone_nat_punch_then_quic_with_mutual_tls(natlab: Callable[..., NatLab],
     assert d["connected_s"] < 5
 
 
+@pytest.mark.parametrize("nat1", ["symmetric", "cone"])
 def test_symmetric_nat_punch_fails_cleanly_and_relay_carries_data(
-    natlab: Callable[..., NatLab], tmp_path: Path  # noqa: F811
+    natlab: Callable[..., NatLab], tmp_path: Path, nat1: str  # noqa: F811
 ) -> None:
-    lab = natlab("symmetric")
+    lab = natlab(nat1, "symmetric")  # a symmetric NAT on one side is enough to defeat punching
     a, b, d, r = _pair(lab, tmp_path, ("--bytes", str(PAYLOAD), "--relay-fallback", "--punch-seconds", "3"))
     assert not d["punch_ok"]
     assert "hole punching" in d["punch_error"] and "failed" in d["punch_error"]
@@ -81,3 +88,12 @@ def test_keepalives_hold_the_nat_mapping(natlab: Callable[..., NatLab], tmp_path
     _, _, d, r = _pair(lab, tmp_path, args, ("--keepalive", "0.5"))
     assert d["punch_ok"] and d["ok"], (d, lab.logs())
     assert r["rounds"] == 2
+
+
+def test_without_keepalives_the_nat_mapping_expires(natlab: Callable[..., NatLab], tmp_path: Path) -> None:  # noqa: F811
+    # the control experiment for the test above: same lab, keepalive longer than the idle period
+    lab = natlab("cone", udp_timeout=2)
+    args = ("--bytes", "65536", "--rounds", "2", "--idle", "4", "--keepalive", "15", "--round-timeout", "3")
+    _, _, d, _ = _pair(lab, tmp_path, args, ("--keepalive", "15"), wait_responder=False)
+    assert d["punch_ok"] and not d["ok"]
+    assert d["error"].startswith("round 1: TimeoutError")

@@ -66,6 +66,7 @@ WRITE_LOW_WATER = WRITE_HIGH_WATER // 2
 LOOPBACK_DATAGRAM_SIZE = 16_000
 DEFAULT_DATAGRAM_SIZE = 1350
 CID_LENGTH = 8
+MAX_CONNECTIONS = 1024  # per endpoint; further Initials are dropped (handshake-flood bound)
 # The client opens the stream by sending this byte (a version of this mapping); until then the
 # server has no stream to hand out, since QUIC streams exist only once data is sent on them.
 STREAM_PREAMBLE = b"\x01"
@@ -524,6 +525,7 @@ class QuicEndpoint:
                 or self._closed
                 or header.packet_type != QuicPacketType.INITIAL
                 or len(data) < 1200  # RFC 9000: a client's Initial datagram is padded to 1200
+                or len(self._drivers) >= MAX_CONNECTIONS
             ):
                 return
             cfg = _configuration(self._identity, False, addr[0])

@@ -130,7 +130,10 @@ async def dial(args: argparse.Namespace) -> int:
             break
         ok = ok and reply == hashlib.sha256(payload).digest()
     result.update(transfer_s=time.monotonic() - t1, sha256=sent.hexdigest(), ok=ok)
-    await stream.close()
+    if ok:
+        await stream.close()
+    else:
+        stream.abort()  # the path may be dead: do not wait for acknowledgements
     emit("RESULT", result)
     return 0 if ok else 1
 
