@@ -1,0 +1,37 @@
+import pytest
+
+from syncer.model.validate import bad_file, bad_name
+from syncer.wire import WireFile
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", ".syncer/versions/x", ".syncer",
+     "dir/.syncer.f.tmp", "a\\b", "a\x00b", "cafe\u0301"],
+)
+def test_bad_names_rejected(name):
+    assert bad_name(name)
+
+
+@pytest.mark.parametrize("name", ["a", "dir/sub/file.txt", ".hidden", "caf\u00e9", ".syncerignore", "x/.syncer"])
+def test_good_names_accepted(name):
+    assert bad_name(name) is None
+
+
+def wf(**kw):
+    base = dict(name="f", type=0, size=5, mtime_ns=1, permissions=0o644, block_size=131072,
+                blocks=[b"x" * 32], symlink_target="", version=[(1, 1)], sequence=1, deleted=False, modified_by=1)
+    base.update(kw)
+    return WireFile(**base)
+
+
+def test_bad_files():
+    assert bad_file(wf()) is None
+    assert bad_file(wf(type=7))
+    assert bad_file(wf(block_size=1000))
+    assert bad_file(wf(blocks=[]))
+    assert bad_file(wf(blocks=[b"short"]))
+    assert bad_file(wf(version=[]))
+    assert bad_file(wf(size=-1))
+    assert bad_file(wf(type=2, symlink_target="", size=0, blocks=[]))
+    assert bad_file(wf(deleted=True, blocks=[], size=0)) is None
