@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from syncer.identity import Identity, load_or_create
+from syncer.nat.rendezvous import PunchResponder, punch_and_connect
 from syncer.net.memory import memory_pair
 from syncer.net.quic import QuicTransport
 from syncer.net.relay_client import RelayTransport
@@ -86,11 +87,25 @@ async def relay_factory(ida: Identity, idb: Identity) -> AsyncIterator[tuple[Str
         await server.close()
 
 
+@contextlib.asynccontextmanager
+async def punched_quic_factory(ida: Identity, idb: Identity) -> AsyncIterator[tuple[Stream, Stream]]:
+    server = RelayServer(ida)
+    await server.start("127.0.0.1", 0)
+    try:
+        async with PunchResponder(idb, server.url, host="127.0.0.1") as responder:
+            a = await punch_and_connect(ida, server.url, idb.device_id)
+            b = await asyncio.wait_for(responder.accept(), 10)
+            yield a, b
+    finally:
+        await server.close()
+
+
 FACTORIES = {
     "memory": memory_factory,
     "tcp": tcp_factory,
     "quic": quic_factory,
     "relay": relay_factory,
+    "punched-quic": punched_quic_factory,
 }
 
 
