@@ -1,0 +1,423 @@
+"""The sync model: routes peer messages to folders, schedules block requests across peers, and
+serves blocks. It is the `SessionHandler` of every peer session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from syncer.config import Config, FolderConfig
+from syncer.deviceid import DeviceId
+from syncer.index.db import LOCAL, IndexDB
+from syncer.index.version import short_id
+from syncer.model.folder import (
+    PEER_PIPELINE_BYTES,
+    PEER_PIPELINE_REQUESTS,
+    FolderRuntime,
+    PeerStats,
+    PendingRequest,
+)
+from syncer.pending import PendingStore
+from syncer.transfer.picker import BlockRef
+from syncer.wire import (
+    ERR_CHOKED,
+    ERR_NO_SUCH_BLOCK,
+    ERR_NO_SUCH_FILE,
+    Bitfield,
+    Cancel,
+    Choke,
+    ClusterConfig,
+    DeviceSummary,
+    FolderSummary,
+    Have,
+    Index,
+    IndexUpdate,
+    Message,
+    Piece,
+    PieceError,
+    Request,
+    Unchoke,
+)
+
+if TYPE_CHECKING:
+    from syncer.session import PeerSession
+
+log = logging.getLogger(__name__)
+
+HASH_IN_THREAD = 64 << 10  # blocks at least this big are verified off the event loop
+
+
+class SyncModel:
+    LOCAL = LOCAL
+
+    def __init__(self, config: Config, device_id: DeviceId, db_path: Any, pending: PendingStore) -> None:
+        self.config = config
+        self.device_id = device_id
+        self.short = short_id(device_id)
+        self.db_path = db_path
+        self.pending = pending
+        self.folders: dict[str, FolderRuntime] = {}
+        self.ready: dict[str, asyncio.Event] = {}
+        self.sessions: dict[DeviceId, PeerSession] = {}
+        self.index_info: dict[tuple[str, DeviceId], tuple[int, int]] = {}
+        self.requests: dict[tuple[DeviceId, int], PendingRequest] = {}
+        self.by_ref: dict[tuple[DeviceId, str, BlockRef], int] = {}
+        self.inflight: dict[DeviceId, list[int]] = {}  # device -> [requests, bytes]
+        self.choked_by: set[DeviceId] = set()
+        self._ids = itertools.count(1)
+        self._local = threading.local()
+        self.hasher = ThreadPoolExecutor(2, thread_name_prefix="verify")
+        self._send_queue: dict[DeviceId, list[Message]] = {}
+        self._main_db: IndexDB | None = None
+
+    # --- helpers used by folders ------------------------------------------------------
+    def db_for_thread(self) -> IndexDB:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = IndexDB(self.db_path)
+        return db
+
+    def paired_devices(self) -> list[DeviceId]:
+        return [d.device_id for d in self.config.devices]
+
+    def devices_sharing(self, cfg: FolderConfig) -> set[DeviceId]:
+        paired = self.config.devices
+        return {d.device_id for d in paired if cfg.shared_with(d.id, paired)}
+
+    def short_name(self, short: int) -> str:
+        for d in [self.device_id, *self.paired_devices()]:
+            if short_id(d) == short:
+                return d.short
+        return ""
+
+    def local_index_id(self, folder: str) -> int:
+        return self.index_info[(folder, self.device_id)][0]
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        for cfg in self.config.folders:
+            await self._start_folder(cfg)
+
+    async def _start_folder(self, cfg: FolderConfig) -> None:
+        f = FolderRuntime(self, cfg)
+        self.folders[cfg.id] = f
+        self.ready[cfg.id] = asyncio.Event()
+
+        def load_info() -> None:
+            db = self.db_for_thread()
+            db.add_folder(cfg.id, cfg.path)
+            self.index_info[(cfg.id, self.device_id)] = (
+                db.index_id(cfg.id, LOCAL),
+                db.max_sequence(cfg.id, LOCAL),
+            )
+            for dev in self.paired_devices():
+                rid = db.remote_index_id(cfg.id, dev.raw)
+                if rid:
+                    self.index_info[(cfg.id, dev)] = (rid, db.max_sequence(cfg.id, dev.raw))
+
+        await f.run_in_worker(load_info)
+        try:
+            await f.start()
+        except Exception as e:
+            f.state, f.error = "error", str(e)
+            log.exception("folder %s failed to start", cfg.id)
+        self.ready[cfg.id].set()
+        for session in list(self.sessions.values()):
+            if cfg.shared_with(session.device, self.config.devices):
+                await self._send_cluster_config(session)
+
+    async def stop(self) -> None:
+        for f in list(self.folders.values()):
+            await f.stop()
+        self.hasher.shutdown(wait=False, cancel_futures=True)
+
+    async def reload(self, config: Config) -> None:
+        self.config = config
+        wanted = {f.id: f for f in config.folders}
+        for fid in list(self.folders):
+            if fid not in wanted or wanted[fid].path != self.folders[fid].cfg.path:
+                await self.folders.pop(fid).stop()
+        for fid, cfg in wanted.items():
+            if fid in self.folders:
+                self.folders[fid].cfg = cfg
+                self.folders[fid].recompute(None)
+                self.folders[fid].wake.set()
+            else:
+                await self._start_folder(cfg)
+        for session in list(self.sessions.values()):
+            await self._send_cluster_config(session)
+
+    # --- sessions -------------------------------------------------------------------------
+    async def on_connected(self, session: PeerSession) -> None:
+        self.sessions[session.device] = session
+        self.inflight[session.device] = [0, 0]
+        await self._send_cluster_config(session)
+
+    def on_disconnected(self, session: PeerSession) -> None:
+        if self.sessions.get(session.device) is not session:
+            return
+        del self.sessions[session.device]
+        for f in self.folders.values():
+            f.peer_gone(session.device)
+        self.inflight.pop(session.device, None)
+        self.choked_by.discard(session.device)
+
+    async def _send_cluster_config(self, session: PeerSession) -> None:
+        dev = session.device
+        folders = []
+        for cfg in self.config.folders:
+            if not cfg.shared_with(dev, self.config.devices) or cfg.id not in self.index_info and (cfg.id, self.device_id) not in self.index_info:
+                continue
+            ours = self.index_info.get((cfg.id, self.device_id))
+            if ours is None:
+                continue
+            f = self.folders.get(cfg.id)
+            our_seq = max((x.sequence for x in f.local.values()), default=ours[1]) if f else ours[1]
+            theirs = self.index_info.get((cfg.id, dev), (0, 0))
+            folders.append(
+                FolderSummary(
+                    cfg.id,
+                    cfg.label,
+                    [DeviceSummary(self.device_id.raw, ours[0], our_seq), DeviceSummary(dev.raw, theirs[0], theirs[1])],
+                )
+            )
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await session.send(ClusterConfig(folders))
+
+    async def on_message(self, session: PeerSession, msg: Message) -> None:
+        dev = session.device
+        if isinstance(msg, Piece):
+            await self._on_piece(dev, msg)
+        elif isinstance(msg, Request):
+            await self._on_request(session, msg)
+        elif isinstance(msg, PieceError):
+            self._on_piece_error(dev, msg)
+        elif isinstance(msg, (Index, IndexUpdate)):
+            f = self._shared_folder(msg.folder, dev)
+            if f is not None:
+                await f.on_index(dev, msg.files, isinstance(msg, Index))
+        elif isinstance(msg, ClusterConfig):
+            await self._on_cluster_config(session, msg)
+        elif isinstance(msg, Bitfield):
+            f = self._shared_folder(msg.folder, dev)
+            if f is not None:
+                f.on_bitfield(dev, msg)
+        elif isinstance(msg, Have):
+            f = self._shared_folder(msg.folder, dev)
+            if f is not None:
+                f.on_have(dev, msg)
+        elif isinstance(msg, Choke):
+            self.choked_by.add(dev)
+        elif isinstance(msg, Unchoke):
+            self.choked_by.discard(dev)
+            for f in self.folders.values():
+                self.schedule(f)
+        # Cancel needs nothing: answers are sent as soon as a request is read; Interested and
+        # NotInterested feed the choker, which only matters when uploads are limited.
+
+    def _shared_folder(self, folder_id: str, dev: DeviceId) -> FolderRuntime | None:
+        f = self.folders.get(folder_id)
+        if f is None or dev not in f.peers:
+            return None
+        return f
+
+    async def _on_cluster_config(self, session: PeerSession, msg: ClusterConfig) -> None:
+        dev = session.device
+        for fs in msg.folders:
+            cfg = self.config.folder(fs.id)
+            if cfg is None:
+                self.pending.add_folder(fs.id, fs.label, str(dev), time.time())
+                continue
+            if not cfg.shared_with(dev, self.config.devices):
+                continue
+            await self.ready[fs.id].wait()
+            f = self.folders[fs.id]
+            ours = next((d for d in fs.devices if d.device_id == self.device_id.raw), None)
+            theirs = next((d for d in fs.devices if d.device_id == dev.raw), None)
+            if theirs is not None:
+                known = self.index_info.get((fs.id, dev))
+                if known is None or known[0] != theirs.index_id:
+                    # a new index of theirs (first contact, or their database was reset)
+                    self.index_info[(fs.id, dev)] = (theirs.index_id, 0)
+
+                    def reset(fid: str = fs.id, d: DeviceId = dev, idx: int = theirs.index_id) -> None:
+                        db = self.db_for_thread()
+                        db.reset_device(fid, d.raw)
+                        db.set_index_id(fid, d.raw, idx)
+
+                    await f.run_in_worker(reset)
+                    f.remote.pop(dev, None)
+                    f.recompute(None)
+            await f.peer_ready(session, (ours.index_id, ours.max_sequence) if ours else (0, 0))
+            self.pending.forget_folder(fs.id)
+
+    # --- requests -----------------------------------------------------------------------
+    def schedule(self, folder: FolderRuntime) -> None:
+        now = time.monotonic()
+        for dev, session in list(folder.peers.items()):
+            if dev in self.choked_by or session.closed:
+                continue
+            counts = self.inflight.setdefault(dev, [0, 0])
+            free = PEER_PIPELINE_REQUESTS - counts[0]
+            if free <= 0 or counts[1] >= PEER_PIPELINE_BYTES:
+                continue
+            refs = folder.picker.pick(dev, free, now)
+            if not refs:
+                continue
+            msgs: list[Message] = []
+            for ref in refs:
+                job = folder.jobs.get(ref.file)
+                if job is None:
+                    folder.picker.failed(dev, ref)
+                    continue
+                g = job.glob
+                off = ref.index * g.block_size
+                size = min(g.block_size, g.size - off)
+                rid = next(self._ids)
+                self.requests[(dev, rid)] = PendingRequest(folder, ref, dev, size)
+                self.by_ref[(dev, folder.id, ref)] = rid
+                counts[0] += 1
+                counts[1] += size
+                msgs.append(Request(rid, folder.id, ref.file, ref.index, off, size, g.blocks[ref.index]))
+                if counts[1] >= PEER_PIPELINE_BYTES:
+                    break
+            for ref in refs[len(msgs) :]:
+                folder.picker.failed(dev, ref)
+            self._enqueue(session, msgs)
+
+    def _enqueue(self, session: PeerSession, msgs: list[Message]) -> None:
+        """Send in order without awaiting here (callers are synchronous)."""
+        if not msgs:
+            return
+        q = self._send_queue.get(session.device)
+        if q is not None:
+            q.extend(msgs)
+            return
+        self._send_queue[session.device] = list(msgs)
+        asyncio.ensure_future(self._drain_queue(session))
+
+    async def _drain_queue(self, session: PeerSession) -> None:
+        dev = session.device
+        try:
+            while self._send_queue.get(dev):
+                batch, self._send_queue[dev] = self._send_queue[dev], []
+                for m in batch:
+                    await session.send(m)
+        except (ConnectionError, RuntimeError, OSError):
+            pass
+        finally:
+            self._send_queue.pop(dev, None)
+
+    def _release(self, dev: DeviceId, rid: int) -> PendingRequest | None:
+        req = self.requests.pop((dev, rid), None)
+        if req is None:
+            return None
+        self.by_ref.pop((dev, req.folder.id, req.ref), None)
+        counts = self.inflight.get(dev)
+        if counts:
+            counts[0] -= 1
+            counts[1] -= req.size
+        return req
+
+    def cancel_request(self, folder: FolderRuntime, dev: DeviceId, ref: BlockRef) -> None:
+        rid = self.by_ref.get((dev, folder.id, ref))
+        if rid is None:
+            return
+        self._release(dev, rid)
+        session = self.sessions.get(dev)
+        if session is not None:
+            self._enqueue(session, [Cancel(rid)])
+
+    def drop_requests(self, folder: FolderRuntime, dev: DeviceId) -> None:
+        for (d, rid), req in list(self.requests.items()):
+            if d == dev and req.folder is folder:
+                self._release(d, rid)
+
+    async def _on_piece(self, dev: DeviceId, msg: Piece) -> None:
+        req = self._release(dev, msg.id)
+        if req is None:
+            return
+        folder = req.folder
+        job = folder.jobs.get(req.ref.file)
+        if job is None:
+            self.schedule(folder)
+            return
+        expected = job.glob.blocks[req.ref.index]
+        data = msg.data
+        if len(data) != req.size:
+            ok = False
+        elif len(data) >= HASH_IN_THREAD:
+            ok = await asyncio.get_running_loop().run_in_executor(self.hasher, _verify, data, expected)
+        else:
+            ok = hashlib.sha256(data).digest() == expected
+        job = folder.jobs.get(req.ref.file)  # may have been aborted while verifying
+        if job is not None and ok and job.glob.blocks[req.ref.index] == expected:
+            try:
+                os.pwrite(job.fd, data, req.ref.index * job.glob.block_size)
+            except OSError as e:
+                log.error("folder %s: cannot write %s: %s", folder.id, req.ref.file, e)
+                folder.picker.failed(dev, req.ref)
+                self.schedule(folder)
+                return
+            folder.block_arrived(dev, req.ref, True, len(data))
+        elif job is not None and not ok:
+            log.warning("folder %s: bad block %s#%d from %s", folder.id, req.ref.file, req.ref.index, dev.short)
+            folder.block_arrived(dev, req.ref, False, len(data))
+        self.schedule(folder)
+
+    def _on_piece_error(self, dev: DeviceId, msg: PieceError) -> None:
+        req = self._release(dev, msg.id)
+        if req is None:
+            return
+        folder = req.folder
+        folder.picker.failed(dev, req.ref)
+        if msg.code in (ERR_NO_SUCH_FILE, ERR_NO_SUCH_BLOCK):
+            f = folder.picker.files.get(req.ref.file)
+            if f is not None:  # it does not have it after all (changed, or our view is stale)
+                f.full_holders.discard(dev)
+                f.partial.get(dev, set()).discard(req.ref.index)
+        elif msg.code == ERR_CHOKED:
+            self.choked_by.add(dev)
+        self.schedule(folder)
+
+    async def _on_request(self, session: PeerSession, req: Request) -> None:
+        dev = session.device
+        folder = self._shared_folder(req.folder, dev)
+        if folder is None:
+            await session.send(PieceError(req.id, ERR_NO_SUCH_FILE))
+            return
+        if req.size > 1 << 20:
+            result = await asyncio.get_running_loop().run_in_executor(self.hasher, folder.read_block, req)
+        else:
+            result = folder.read_block(req)
+        if isinstance(result, int):
+            await session.send(PieceError(req.id, result))
+            return
+        st = folder.stats.setdefault(dev, PeerStats())
+        st.bytes_out += len(result)
+        st.blocks_out += 1
+        await session.send_piece(req.id, result)
+
+    # --- status -------------------------------------------------------------------------
+    def folder_status(self) -> list[dict[str, Any]]:
+        return [f.status() for f in self.folders.values()]
+
+    async def scan(self, folder: str | None) -> dict[str, Any]:
+        targets = [self.folders[folder]] if folder else list(self.folders.values())
+        if folder and folder not in self.folders:
+            from syncer.errors import FolderError
+
+            raise FolderError(f"no folder with id {folder!r}")
+        return {"scanned": [await f.scan(None) for f in targets]}
+
+
+def _verify(data: bytes, expected: bytes) -> bool:
+    return hashlib.sha256(data).digest() == expected
