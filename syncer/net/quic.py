@@ -545,7 +545,12 @@ class QuicEndpoint:
             return
         task = asyncio.ensure_future(self._handler(stream))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("QUIC stream handler failed: %r", exc)
 
 
 class QuicListener(Listener):

@@ -176,9 +176,12 @@ class RelayTransport:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     async def register(self, on_stream: StreamHandler | None) -> None:
-        """Keep a control connection so peers can reach us; invited sessions go to on_stream.
+        """Keep a control connection so peers can reach us; invited sessions go to on_stream
+        (None: invitations are ignored, e.g. a control connection used only for punching).
 
-        Raises TransportError if the first attempt fails; later drops reconnect by themselves."""
+        Raises TransportError if the first attempt fails; later drops reconnect by themselves.
+        The relay keeps one control connection per device, so use one RelayTransport per
+        relay and share it (PunchResponder(relay=...))."""
         self._on_stream = on_stream
         await self._join()
         self._control_task = asyncio.ensure_future(self._control_loop())
@@ -243,7 +246,12 @@ class RelayTransport:
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("relay %s: stream handler failed: %r", self.relay, exc)
 
     async def _accept(self, invite: p.Invite) -> None:
         if self._on_stream is None:
