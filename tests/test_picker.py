@@ -32,13 +32,25 @@ def test_random_tie_break_is_deterministic_per_seed_and_varies():
     assert len(orders) > 1
 
 
-def test_single_source_is_sequential_and_started_files_first():
+def test_started_files_first():
     p = Picker(random.Random(0))
     p.add_file("a", 3)
     p.add_file("b", 3, have={0})  # resumed: started
     p.set_full_holder("x", "a")
     p.set_full_holder("x", "b")
-    assert p.pick("x", 4, 0) == [BlockRef("b", 1), BlockRef("b", 2), BlockRef("a", 0), BlockRef("a", 1)]
+    picked = p.pick("x", 4, 0)
+    assert sorted(picked[:2]) == [BlockRef("b", 1), BlockRef("b", 2)]
+    assert {r.file for r in picked[2:]} == {"a"}
+
+
+def test_two_leechers_of_one_seed_pick_different_blocks():
+    p1, p2 = Picker(random.Random(1)), Picker(random.Random(2))
+    for p in (p1, p2):
+        p.add_file("f", 64)
+        p.set_full_holder("seed", "f")
+    a = {r.index for r in p1.pick("seed", 8, 0)}
+    b = {r.index for r in p2.pick("seed", 8, 0)}
+    assert a != b
 
 
 def test_peer_only_gets_blocks_it_holds():
@@ -92,6 +104,6 @@ def test_remove_peer_and_file():
     p.remove_peer("a")
     assert p.statistics().in_flight == 0 and p.holders("f") == set()
     p.set_full_holder("b", "f")
-    p.pick("b", 1, 0)
-    assert p.remove_file("f") == [("b", BlockRef("f", 0))]
+    [ref] = p.pick("b", 1, 0)
+    assert p.remove_file("f") == [("b", ref)]
     assert p.statistics().files == 0

@@ -27,6 +27,7 @@ from syncer.model.folder import (
 )
 from syncer.pending import PendingStore
 from syncer.transfer.picker import BlockRef
+from syncer.transfer.ratelimit import TokenBucket
 from syncer.wire import (
     ERR_CHOKED,
     ERR_NO_SUCH_BLOCK,
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HASH_IN_THREAD = 64 << 10  # blocks at least this big are verified off the event loop
+MIN_PIPELINE_BYTES = 4 << 20
+PIPELINE_SECONDS = 1.0
 
 
 class SyncModel:
@@ -76,7 +79,8 @@ class SyncModel:
         self._local = threading.local()
         self.hasher = ThreadPoolExecutor(2, thread_name_prefix="verify")
         self._send_queue: dict[DeviceId, list[Message]] = {}
-        self._main_db: IndexDB | None = None
+        self.send_bucket = TokenBucket(config.get("limits.max_send_kbps") * 1024)
+        self.recv_bucket = TokenBucket(config.get("limits.max_recv_kbps") * 1024)
 
     # --- helpers used by folders ------------------------------------------------------
     def db_for_thread(self) -> IndexDB:
@@ -141,6 +145,8 @@ class SyncModel:
 
     async def reload(self, config: Config) -> None:
         self.config = config
+        self.send_bucket = TokenBucket(config.get("limits.max_send_kbps") * 1024)
+        self.recv_bucket = TokenBucket(config.get("limits.max_recv_kbps") * 1024)
         wanted = {f.id: f for f in config.folders}
         for fid in list(self.folders):
             if fid not in wanted or wanted[fid].path != self.folders[fid].cfg.path:
@@ -266,8 +272,9 @@ class SyncModel:
             if dev in self.choked_by or session.closed:
                 continue
             counts = self.inflight.setdefault(dev, [0, 0])
+            budget = pipeline_bytes(session.down_rate())
             free = PEER_PIPELINE_REQUESTS - counts[0]
-            if free <= 0 or counts[1] >= PEER_PIPELINE_BYTES:
+            if free <= 0 or counts[1] >= budget:
                 continue
             refs = folder.picker.pick(dev, free, now)
             if not refs:
@@ -287,7 +294,7 @@ class SyncModel:
                 counts[0] += 1
                 counts[1] += size
                 msgs.append(Request(rid, folder.id, ref.file, ref.index, off, size, g.blocks[ref.index]))
-                if counts[1] >= PEER_PIPELINE_BYTES:
+                if counts[1] >= budget:
                     break
             for ref in refs[len(msgs) :]:
                 folder.picker.failed(dev, ref)
@@ -342,6 +349,9 @@ class SyncModel:
                 self._release(d, rid)
 
     async def _on_piece(self, dev: DeviceId, msg: Piece) -> None:
+        wait = self.recv_bucket.take(len(msg.data), time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)  # download rate limit: slows reading from this peer
         req = self._release(dev, msg.id)
         if req is None:
             return
@@ -404,6 +414,9 @@ class SyncModel:
         st = folder.stats.setdefault(dev, PeerStats())
         st.bytes_out += len(result)
         st.blocks_out += 1
+        wait = self.send_bucket.take(len(result), time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)  # upload rate limit
         await session.send_piece(req.id, result)
 
     # --- status -------------------------------------------------------------------------
@@ -417,6 +430,12 @@ class SyncModel:
 
             raise FolderError(f"no folder with id {folder!r}")
         return {"scanned": [await f.scan(None) for f in targets]}
+
+
+def pipeline_bytes(rate: float) -> int:
+    """Bytes to keep requested from a peer: about PIPELINE_SECONDS of its observed rate, so a
+    slow peer is not handed blocks that faster peers could deliver sooner."""
+    return int(min(PEER_PIPELINE_BYTES, max(MIN_PIPELINE_BYTES, rate * PIPELINE_SECONDS)))
 
 
 def _verify(data: bytes, expected: bytes) -> bool:

@@ -154,7 +154,9 @@ class Picker:
                 keyed.sort()
                 cands = [i for _, _, i in keyed]
             else:
-                cands.sort()  # a single source: sequential is as good and reads faster
+                # one source: random order all the same, so that devices fetching this file from
+                # the same seed fetch different blocks and can trade them
+                self.rng.shuffle(cands)
             for i in cands[: n - len(out)]:
                 ref = BlockRef(name, i)
                 self.in_flight[ref] = {peer: now}
