@@ -103,7 +103,6 @@ def test_sessions_pair_only_the_invited_device_once_and_in_time() -> None:
     assert e.value.code == p.LIMIT
     t.close(s.token)
     assert (t.active, t.pending) == (0, 1)
-    assert t.expired(now=11) == [late]
 
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
@@ -114,7 +113,7 @@ def test_token_bucket_allows_a_burst_then_the_rate() -> None:
 
 
 def test_rendezvous_pairs_fresh_binds_only() -> None:
-    r = Rendezvous(timeout=5, max_punches=1)
+    r = Rendezvous(max_punches=1)
     req, tgt = r.issue_cookie(A), r.issue_cookie(B)
     assert r.bind(tgt, ("198.18.0.2", 1), now=0) == []  # before the punch: stale for it
     pid = r.open_punch(req, tgt, now=1)

@@ -28,7 +28,6 @@ import contextlib
 import ipaddress
 import logging
 import ssl
-from collections.abc import Callable
 from typing import Any
 
 from aioquic.buffer import Buffer
@@ -458,7 +457,6 @@ class QuicEndpoint:
         self._drivers: set[_Driver] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.on_accept: Callable[[QuicStream], None] | None = None
         udp.on_quic = self._datagram_received
 
     async def connect(self, addr: Addr, timeout: float = HANDSHAKE_TIMEOUT) -> QuicStream:
@@ -538,8 +536,6 @@ class QuicEndpoint:
         driver.datagram_received(data, addr)
 
     def _accepted(self, stream: QuicStream) -> None:
-        if self.on_accept is not None:
-            self.on_accept(stream)
         if self._handler is None:
             stream.abort()
             return

@@ -7,7 +7,7 @@ Rules:
 - A punch between requester R and target T is *ready* once both cookies were bound at or after
   the punch was opened (fresh binds: an old address may belong to an expired NAT mapping).
   Ready punches are returned exactly once, then forgotten.
-- Punches not ready within `timeout` are returned by `expired()`; at most `max_punches` pending.
+- At most `max_punches` pending; the server cancels a punch not ready within its punch timeout.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class ReadyPunch:
 
 @dataclass
 class Rendezvous:
-    timeout: float
     max_punches: int = 1000
     _bindings: dict[bytes, Binding] = field(default_factory=dict)
     _punches: dict[bytes, PendingPunch] = field(default_factory=dict)
@@ -95,15 +94,6 @@ class Rendezvous:
                 del self._punches[pid]
                 ready.append(ReadyPunch(pid, pp.requester_cookie, r.addr, pp.target_cookie, t.addr))
         return ready
-
-    def expired(self, now: float) -> list[PendingPunch]:
-        out = [pp for pp in self._punches.values() if now - pp.opened > self.timeout]
-        for pp in out:
-            del self._punches[pp.punch_id]
-        return out
-
-    def next_deadline(self) -> float | None:
-        return min((pp.opened + self.timeout for pp in self._punches.values()), default=None)
 
     @property
     def pending(self) -> int:

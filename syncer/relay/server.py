@@ -98,7 +98,7 @@ class RelayServer:
         self._ssl = tls.server_context(identity)
         self._ssl.set_alpn_protocols([p.ALPN])
         self._sessions = SessionTable(self.limits.max_sessions, self.limits.pending_timeout)
-        self._rendezvous = Rendezvous(self.limits.punch_timeout, self.limits.max_punches)
+        self._rendezvous = Rendezvous(self.limits.max_punches)
         self._controls: dict[DeviceId, _Conn] = {}
         self._waiting: dict[bytes, asyncio.Future[_Conn]] = {}  # session token -> acceptor
         self._punches: dict[bytes, asyncio.Future[ReadyPunch]] = {}

@@ -7,7 +7,7 @@ Rules:
 - `accept(token, device)` pairs it: the token must exist, still be pending, not be older than
   `pending_timeout`, and `device` must be the invited target (a leaked token is useless to
   anyone else). A token is accepted at most once.
-- `expired(now)` lists pending sessions older than `pending_timeout`; the caller closes them.
+- The server closes a session not accepted within `pending_timeout` (and frees its slot).
 - `TokenBucket` caps a byte rate; `IdleTimer` says when a pipe saw no bytes for too long.
 """
 
@@ -61,17 +61,6 @@ class SessionTable:
 
     def close(self, token: bytes) -> None:
         self._sessions.pop(token, None)
-
-    def expired(self, now: float) -> list[Session]:
-        return [
-            s
-            for s in self._sessions.values()
-            if not s.paired and now - s.created > self.pending_timeout
-        ]
-
-    def next_deadline(self) -> float | None:
-        pending = [s.created + self.pending_timeout for s in self._sessions.values() if not s.paired]
-        return min(pending, default=None)
 
     @property
     def pending(self) -> int:
