@@ -1,0 +1,310 @@
+"""The index database: SQLite in WAL mode, numbered schema migrations, batched writes.
+
+Stores the local index and each remote device's index of every folder, keyed by
+(folder, device, name). The local device is the constant LOCAL (32 zero bytes). Local rows get
+increasing sequence numbers per folder, so a peer that has our index up to sequence S is sent
+only what changed after S. One IndexDB per thread (sqlite3 connections are not shared).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator
+from importlib import resources
+from pathlib import Path
+
+import msgspec
+
+from syncer.errors import SyncerError
+from syncer.index.fileinfo import FileInfo, FileType
+from syncer.index.version import VersionVector
+
+LOCAL = b"\x00" * 32
+HASH_LEN = 32
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(list[tuple[int, int]])
+_COLUMNS = "name, type, size, mtime_ns, permissions, block_size, blocks, symlink_target, version, sequence, deleted, modified_by, inode, dev"
+
+
+class IndexError_(SyncerError):
+    pass
+
+
+def _signed(u: int) -> int:
+    """SQLite integers are signed 64-bit; device short ids use all 64 bits."""
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _unsigned(s: int) -> int:
+    return s + (1 << 64) if s < 0 else s
+
+
+def migrations() -> list[tuple[int, str]]:
+    pkg = resources.files("syncer.index") / "migrations"
+    out = []
+    for entry in pkg.iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), entry.read_text()))
+    return sorted(out)
+
+
+def _row(r: tuple) -> FileInfo:
+    blob = r[6]
+    return FileInfo(
+        name=r[0],
+        type=FileType(r[1]),
+        size=r[2],
+        mtime_ns=r[3],
+        permissions=r[4],
+        block_size=r[5],
+        blocks=tuple(blob[i : i + HASH_LEN] for i in range(0, len(blob), HASH_LEN)),
+        symlink_target=r[7],
+        version=VersionVector(tuple((_unsigned(d), c) for d, c in _dec.decode(r[8]))),
+        sequence=r[9],
+        deleted=bool(r[10]),
+        modified_by=_unsigned(r[11]),
+        inode=r[12],
+        dev=r[13],
+    )
+
+
+def _params(folder: str, device: bytes, f: FileInfo) -> tuple:
+    return (
+        folder,
+        device,
+        f.name,
+        int(f.type),
+        f.size,
+        f.mtime_ns,
+        f.permissions,
+        f.block_size,
+        b"".join(f.blocks),
+        f.symlink_target,
+        _enc.encode([(_signed(d), c) for d, c in f.version]),
+        f.sequence,
+        int(f.deleted),
+        _signed(f.modified_by),
+        f.inode,
+        f.dev,
+    )
+
+
+class IndexDB:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA busy_timeout=30000")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise IndexError_(f"index database {path}: {e}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        c = self.conn
+        c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = c.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        known = migrations()
+        newest = known[-1][0] if known else 0
+        if current > newest:
+            raise IndexError_(
+                f"index database {self.path} has schema version {current}, newer than this syncer "
+                f"understands ({newest}); upgrade syncer"
+            )
+        for version, sql in known:
+            if version <= current:
+                continue
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                # re-check under the write lock: another process may have migrated meanwhile
+                now = c.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+                if version > now:
+                    body = "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+                    for stmt in body.split(";"):
+                        if stmt.strip():
+                            c.execute(stmt)
+                    c.execute("INSERT INTO schema_version VALUES (?)", (version,))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        return self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+
+    # --- transactions ---------------------------------------------------------------
+    def _write(self, fn, *args):  # type: ignore[no-untyped-def]
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(c, *args)
+            c.execute("COMMIT")
+            return result
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    # --- folders --------------------------------------------------------------------
+    def add_folder(self, folder: str, path: str) -> None:
+        self._write(lambda c: c.execute("INSERT OR REPLACE INTO folders VALUES (?, ?)", (folder, path)))
+
+    def remove_folder(self, folder: str) -> None:
+        def work(c: sqlite3.Connection) -> None:
+            for table in ("folders",):
+                c.execute(f"DELETE FROM {table} WHERE id = ?", (folder,))
+            for table in ("indexes", "files", "blocks"):
+                c.execute(f"DELETE FROM {table} WHERE folder = ?", (folder,))
+
+        self._write(work)
+
+    def folders(self) -> list[tuple[str, str]]:
+        return list(self.conn.execute("SELECT id, path FROM folders ORDER BY id"))
+
+    # --- index ids and sequences ------------------------------------------------------
+    def index_id(self, folder: str, device: bytes = LOCAL) -> int:
+        """Index ID of device's index of folder; created (random) on first use for LOCAL."""
+        row = self.conn.execute("SELECT index_id FROM indexes WHERE folder=? AND device=?", (folder, device)).fetchone()
+        if row:
+            return row[0]
+        if device != LOCAL:
+            return 0
+        new = secrets.randbits(63) or 1
+        self._write(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO indexes (folder, device, index_id, max_sequence) VALUES (?, ?, ?, 0)",
+                (folder, device, new),
+            )
+        )
+        return self.index_id(folder, device)
+
+    def remote_index_id(self, folder: str, device: bytes) -> int:
+        return self.index_id(folder, device) if device != LOCAL else 0
+
+    def set_index_id(self, folder: str, device: bytes, index_id: int) -> None:
+        self._write(
+            lambda c: c.execute(
+                "INSERT INTO indexes (folder, device, index_id, max_sequence) VALUES (?, ?, ?, 0) "
+                "ON CONFLICT (folder, device) DO UPDATE SET index_id = excluded.index_id",
+                (folder, device, index_id),
+            )
+        )
+
+    def max_sequence(self, folder: str, device: bytes = LOCAL) -> int:
+        row = self.conn.execute("SELECT max_sequence FROM indexes WHERE folder=? AND device=?", (folder, device)).fetchone()
+        return row[0] if row else 0
+
+    def reset_device(self, folder: str, device: bytes) -> None:
+        """Forget a remote device's index of folder (its index ID changed)."""
+
+        def work(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM files WHERE folder=? AND device=?", (folder, device))
+            c.execute("UPDATE indexes SET max_sequence = 0 WHERE folder=? AND device=?", (folder, device))
+
+        self._write(work)
+
+    # --- files ------------------------------------------------------------------------
+    def update_local(self, folder: str, files: Iterable[FileInfo]) -> list[FileInfo]:
+        files = list(files)
+        if not files:
+            return []
+        self.index_id(folder, LOCAL)
+
+        def work(c: sqlite3.Connection) -> list[FileInfo]:
+            seq = c.execute("SELECT max_sequence FROM indexes WHERE folder=? AND device=?", (folder, LOCAL)).fetchone()[0]
+            out = []
+            for f in files:
+                seq += 1
+                out.append(msgspec.structs.replace(f, sequence=seq))
+            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 16)})", [_params(folder, LOCAL, f) for f in out])
+            c.executemany("DELETE FROM blocks WHERE folder=? AND name=?", [(folder, f.name) for f in out])
+            c.executemany(
+                "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?)",
+                [(folder, h, f.name, i) for f in out if not f.deleted and f.type == FileType.FILE for i, h in enumerate(f.blocks)],
+            )
+            c.execute("UPDATE indexes SET max_sequence=? WHERE folder=? AND device=?", (seq, folder, LOCAL))
+            return out
+
+        return self._write(work)
+
+    def update_remote(self, folder: str, device: bytes, files: Iterable[FileInfo]) -> None:
+        files = list(files)
+        if not files:
+            return
+
+        def work(c: sqlite3.Connection) -> None:
+            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 16)})", [_params(folder, device, f) for f in files])
+            top = max(f.sequence for f in files)
+            c.execute(
+                "INSERT INTO indexes (folder, device, index_id, max_sequence) VALUES (?, ?, 0, ?) "
+                "ON CONFLICT (folder, device) DO UPDATE SET max_sequence = MAX(max_sequence, excluded.max_sequence)",
+                (folder, device, top),
+            )
+
+        self._write(work)
+
+    def get(self, folder: str, device: bytes, name: str) -> FileInfo | None:
+        r = self.conn.execute(f"SELECT {_COLUMNS} FROM files WHERE folder=? AND device=? AND name=?", (folder, device, name)).fetchone()
+        return _row(r) if r else None
+
+    def all_files(self, folder: str, device: bytes = LOCAL) -> Iterator[FileInfo]:
+        cur = self.conn.execute(f"SELECT {_COLUMNS} FROM files WHERE folder=? AND device=?", (folder, device))
+        return (_row(r) for r in cur.fetchall())
+
+    def files_since(self, folder: str, device: bytes, sequence: int) -> Iterator[FileInfo]:
+        cur = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE folder=? AND device=? AND sequence>? ORDER BY sequence",
+            (folder, device, sequence),
+        )
+        return (_row(r) for r in cur.fetchall())
+
+    def scan_state(self, folder: str) -> dict[str, tuple[int, int, int, int, int, int, str]]:
+        """Cheap view of the local index for change detection, without block lists:
+        name -> (type, size, mtime_ns, permissions, inode, deleted, symlink_target)."""
+        cur = self.conn.execute(
+            "SELECT name, type, size, mtime_ns, permissions, inode, deleted, symlink_target FROM files WHERE folder=? AND device=?",
+            (folder, LOCAL),
+        )
+        return {r[0]: r[1:] for r in cur.fetchall()}
+
+    def get_many(self, folder: str, device: bytes, names: Iterable[str]) -> dict[str, FileInfo]:
+        out: dict[str, FileInfo] = {}
+        names = list(names)
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            cur = self.conn.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE folder=? AND device=? AND name IN ({','.join('?' * len(chunk))})",
+                (folder, device, *chunk),
+            )
+            for r in cur.fetchall():
+                out[r[0]] = _row(r)
+        return out
+
+    def count(self, folder: str, device: bytes = LOCAL) -> tuple[int, int]:
+        r = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE folder=? AND device=? AND deleted=0",
+            (folder, device),
+        ).fetchone()
+        return r[0], r[1]
+
+    def find_block(self, folder: str, hash: bytes) -> tuple[str, int, int] | None:
+        """(name, offset, size) of a local, non-deleted file holding a block with this hash."""
+        r = self.conn.execute(
+            "SELECT b.name, b.idx, f.block_size, f.size FROM blocks b JOIN files f "
+            "ON f.folder=b.folder AND f.device=? AND f.name=b.name "
+            "WHERE b.folder=? AND b.hash=? AND f.deleted=0 LIMIT 1",
+            (LOCAL, folder, hash),
+        ).fetchone()
+        if r is None:
+            return None
+        name, idx, bs, size = r
+        off = idx * bs
+        return name, off, min(bs, size - off)

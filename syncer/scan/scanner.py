@@ -1,0 +1,324 @@
+"""The scanner: walks a folder, detects what changed since the index was written, hashes changed
+files in parallel, and records the changes (and deletions, as tombstones) in the index.
+
+Change detection compares type, size, mtime_ns, permissions and inode with the index; only
+files that differ are re-hashed. Hashing runs in a thread pool over all cores: hashlib releases
+the GIL, and big files are cut into ranges hashed in parallel. A file that changes while being
+hashed is hashed again (or reported), never recorded with wrong hashes. Directory mtimes are not
+changes (adding a file changes them and would ripple across devices).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import unicodedata
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from syncer.errors import FolderError
+from syncer.ignore import Ignore
+from syncer.index.db import LOCAL, IndexDB
+from syncer.index.fileinfo import FileInfo, FileType
+from syncer.index.version import VersionVector
+from syncer.scan.blocksize import block_size_for
+
+RANGE_BYTES = 16 << 20  # big files are hashed in ranges of this size, in parallel
+SMALL_BATCH = 64  # small files hashed per task (amortises the thread hand-off)
+SMALL_FILE = 1 << 20
+MARKER = ".syncer"
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ScanResult:
+    changed: list[FileInfo] = field(default_factory=list)
+    deleted: list[FileInfo] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    hashed_bytes: int = 0
+
+
+@dataclass
+class _Entry:
+    name: str
+    path: str
+    st: os.stat_result
+    type: FileType
+    target: str = ""
+
+
+class FileChanged(Exception):
+    pass
+
+
+def hash_range(path: str, offset: int, length: int, bs: int, expect: tuple[int, int]) -> list[bytes]:
+    """SHA-256 of each block in [offset, offset+length); raises FileChanged if size/mtime moved."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        out = []
+        end = offset + length
+        pos = offset
+        while pos < end:
+            want = min(bs, end - pos)
+            data = os.pread(fd, want, pos)
+            if len(data) != want:
+                raise FileChanged("file shrank while hashing")
+            out.append(hashlib.sha256(data).digest())
+            pos += want
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != expect:
+            raise FileChanged("file changed while hashing")
+        return out
+    finally:
+        os.close(fd)
+
+
+def hash_small_batch(items: list[tuple[str, int, int, int]]) -> list[list[bytes] | str]:
+    out: list[list[bytes] | str] = []
+    for path, size, mtime, bs in items:
+        try:
+            out.append(hash_range(path, 0, size, bs, (size, mtime)) if size else [])
+        except (OSError, FileChanged) as e:
+            out.append(getattr(e, "strerror", None) or str(e))
+    return out
+
+
+class Scanner:
+    def __init__(
+        self,
+        root: Path,
+        folder_id: str,
+        db: IndexDB,
+        local_short: int,
+        ignore: Ignore | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.folder_id = folder_id
+        self.db = db
+        self.short = local_short
+        self.ignore = ignore or Ignore()
+        self.workers = workers or max(2, os.cpu_count() or 2)
+
+    # --- walking -------------------------------------------------------------------
+    def _walk(self, rel: str, out: list[_Entry], errors: list[tuple[str, str]]) -> None:
+        base = os.path.join(str(self.root), rel) if rel else str(self.root)
+        try:
+            it = os.scandir(base)
+        except OSError as e:
+            errors.append((rel or ".", e.strerror or str(e)))
+            return
+        with it:
+            for de in it:
+                name = f"{rel}/{de.name}" if rel else de.name
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    errors.append((name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "name is not valid UTF-8"))
+                    continue
+                nfc = unicodedata.normalize("NFC", name)
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except OSError as e:
+                    errors.append((nfc, e.strerror or str(e)))
+                    continue
+                mode = st.st_mode
+                is_dir = stat.S_ISDIR(mode)
+                if self.ignore.ignored(nfc, is_dir):
+                    continue
+                if is_dir:
+                    out.append(_Entry(nfc, de.path, st, FileType.DIRECTORY))
+                    self._walk(name, out, errors)
+                elif stat.S_ISREG(mode):
+                    out.append(_Entry(nfc, de.path, st, FileType.FILE))
+                elif stat.S_ISLNK(mode):
+                    try:
+                        out.append(_Entry(nfc, de.path, st, FileType.SYMLINK, os.readlink(de.path)))
+                    except OSError as e:
+                        errors.append((nfc, e.strerror or str(e)))
+                else:
+                    errors.append((nfc, "not a regular file, directory or symlink (skipped)"))
+
+    def _entries(self, paths: Iterable[str] | None, errors: list[tuple[str, str]]) -> tuple[list[_Entry], list[str] | None]:
+        """Entries to consider, and the scope (None = whole folder, else name prefixes)."""
+        if paths is None:
+            out: list[_Entry] = []
+            self._walk("", out, errors)
+            return out, None
+        out = []
+        scope: list[str] = []
+        seen: set[str] = set()
+        for p in sorted({unicodedata.normalize("NFC", p.strip("/")) for p in paths}):
+            if not p or p in seen or any(p.startswith(s + "/") for s in scope):
+                continue
+            seen.add(p)
+            scope.append(p)
+            if self.ignore.ignored(p):
+                continue
+            full = os.path.join(str(self.root), p)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                errors.append((p, e.strerror or str(e)))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                out.append(_Entry(p, full, st, FileType.DIRECTORY))
+                self._walk(p, out, errors)
+            elif stat.S_ISREG(st.st_mode):
+                out.append(_Entry(p, full, st, FileType.FILE))
+            elif stat.S_ISLNK(st.st_mode):
+                out.append(_Entry(p, full, st, FileType.SYMLINK, os.readlink(full)))
+        return out, scope
+
+    # --- scanning ------------------------------------------------------------------
+    def scan(self, paths: Iterable[str] | None = None, progress: Progress | None = None) -> ScanResult:
+        if not (self.root / MARKER).is_dir():
+            raise FolderError(f"folder marker {self.root / MARKER} missing: folder stopped")
+        result = ScanResult()
+        entries, scope = self._entries(paths, result.errors)
+        state = self.db.scan_state(self.folder_id)
+
+        dirty: list[_Entry] = []
+        to_hash: list[_Entry] = []
+        for e in entries:
+            st = e.st
+            perms = st.st_mode & 0o7777
+            old = state.get(e.name)
+            if e.type == FileType.FILE:
+                result.files += 1
+                result.bytes += st.st_size
+            if old is not None and not old[5] and old[0] == e.type:
+                _, size, mtime, operm, inode, _, target = old
+                if e.type == FileType.DIRECTORY and operm == perms:
+                    continue
+                if e.type == FileType.SYMLINK and target == e.target:
+                    continue
+                if e.type == FileType.FILE and (size, mtime) == (st.st_size, st.st_mtime_ns) and (not inode or inode == st.st_ino):
+                    if operm == perms:
+                        continue
+                    dirty.append(e)  # permissions only: no re-hash
+                    continue
+            (to_hash if e.type == FileType.FILE else dirty).append(e)
+
+        hashed = self._hash(to_hash, result, progress)
+        seen = {e.name for e in entries}
+        gone = [
+            name
+            for name, row in state.items()
+            if not row[5] and name not in seen and _in_scope(name, scope) and not self.ignore.ignored(name, row[0] == FileType.DIRECTORY)
+        ]
+        olds = self.db.get_many(self.folder_id, LOCAL, [e.name for e in dirty] + [e.name for e, _ in hashed] + gone)
+
+        changed: list[FileInfo] = []
+        for e in dirty:
+            old = olds.get(e.name)
+            if e.type == FileType.FILE and old is not None and not old.deleted:
+                blocks, bs = old.blocks, old.block_size
+            else:
+                blocks, bs = (), 0
+            changed.append(self._info(e, old, blocks, bs))
+        for e, blocks in hashed:
+            changed.append(self._info(e, olds.get(e.name), tuple(blocks), block_size_for(e.st.st_size)))
+        deleted: list[FileInfo] = []
+        for name in gone:
+            old = olds[name]
+            deleted.append(
+                FileInfo(
+                    name=name,
+                    type=old.type,
+                    size=0,
+                    mtime_ns=old.mtime_ns,
+                    permissions=old.permissions,
+                    block_size=0,
+                    blocks=(),
+                    symlink_target="",
+                    version=old.version.update(self.short),
+                    sequence=0,
+                    deleted=True,
+                    modified_by=self.short,
+                )
+            )
+        stored = self.db.update_local(self.folder_id, changed + deleted)
+        result.changed = stored[: len(changed)]
+        result.deleted = stored[len(changed) :]
+        return result
+
+    def _info(self, e: _Entry, old: FileInfo | None, blocks: tuple[bytes, ...], bs: int) -> FileInfo:
+        st = e.st
+        version = old.version if old is not None else VersionVector()
+        return FileInfo(
+            name=e.name,
+            type=e.type,
+            size=st.st_size if e.type == FileType.FILE else 0,
+            mtime_ns=st.st_mtime_ns,
+            permissions=st.st_mode & 0o7777,
+            block_size=bs,
+            blocks=blocks,
+            symlink_target=e.target,
+            version=version.update(self.short),
+            sequence=0,
+            deleted=False,
+            modified_by=self.short,
+            inode=st.st_ino,
+            dev=st.st_dev,
+        )
+
+    def _hash(self, entries: list[_Entry], result: ScanResult, progress: Progress | None) -> list[tuple[_Entry, list[bytes]]]:
+        total = sum(e.st.st_size for e in entries)
+        done = 0
+        out: list[tuple[_Entry, list[bytes]]] = []
+        if progress:
+            progress(0, total)
+        small = [e for e in entries if e.st.st_size <= SMALL_FILE]
+        big = [e for e in entries if e.st.st_size > SMALL_FILE]
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="hash") as pool:
+            small_futs = []
+            for i in range(0, len(small), SMALL_BATCH):
+                batch = small[i : i + SMALL_BATCH]
+                items = [(e.path, e.st.st_size, e.st.st_mtime_ns, block_size_for(e.st.st_size)) for e in batch]
+                small_futs.append((batch, pool.submit(hash_small_batch, items)))
+            big_futs = []
+            for e in big:
+                size, bs = e.st.st_size, block_size_for(e.st.st_size)
+                step = max(bs, RANGE_BYTES - RANGE_BYTES % bs)
+                expect = (size, e.st.st_mtime_ns)
+                parts = [pool.submit(hash_range, e.path, off, min(step, size - off), bs, expect) for off in range(0, size, step)]
+                big_futs.append((e, parts))
+            for batch, fut in small_futs:
+                for e, res in zip(batch, fut.result(), strict=True):
+                    done += e.st.st_size
+                    if isinstance(res, str):
+                        result.errors.append((e.name, res))
+                    else:
+                        out.append((e, res))
+                if progress:
+                    progress(done, total)
+            for e, parts in big_futs:
+                blocks: list[bytes] = []
+                err = None
+                for part in parts:
+                    try:
+                        blocks += part.result()
+                    except (OSError, FileChanged) as ex:
+                        err = getattr(ex, "strerror", None) or str(ex)
+                done += e.st.st_size
+                if progress:
+                    progress(done, total)
+                if err:
+                    result.errors.append((e.name, err))
+                else:
+                    out.append((e, blocks))
+        result.hashed_bytes = sum(e.st.st_size for e, _ in out)
+        return out
+
+
+def _in_scope(name: str, scope: list[str] | None) -> bool:
+    return scope is None or any(name == s or name.startswith(s + "/") for s in scope)

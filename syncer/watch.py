@@ -1,0 +1,128 @@
+"""Noticing changes: watchdog events, debounced and aggregated, plus a jittered full rescan.
+
+The watchdog observer thread hands raw paths to the asyncio loop; the pure `Aggregator` decides
+when a batch is due (after `delay` of quiet for a path, but no later than `max_delay` after its
+first event, so a file written continuously is still scanned). Time is an argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import unicodedata
+from pathlib import Path
+
+from syncer.ignore import always_ignored
+
+DEFAULT_DELAY = 0.1
+MAX_DELAY_FACTOR = 10
+JITTER = 0.1
+
+
+class Aggregator:
+    def __init__(self, delay: float = DEFAULT_DELAY, max_delay: float | None = None) -> None:
+        self.delay = delay
+        self.max_delay = max(delay, max_delay if max_delay is not None else max(1.0, delay * MAX_DELAY_FACTOR))
+        self._first: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+
+    def add(self, path: str, now: float) -> None:
+        self._first.setdefault(path, now)
+        self._last[path] = now
+
+    def _due_at(self, path: str) -> float:
+        return min(self._last[path] + self.delay, self._first[path] + self.max_delay)
+
+    def due(self, now: float) -> set[str]:
+        ready = {p for p in self._last if self._due_at(p) <= now}
+        for p in ready:
+            del self._first[p], self._last[p]
+        return ready
+
+    def next_deadline(self) -> float | None:
+        return min((self._due_at(p) for p in self._last), default=None)
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
+class RescanSchedule:
+    """Full rescans every `interval` ± JITTER, so many folders/devices do not rescan in step."""
+
+    def __init__(self, interval: float, rng: random.Random | None = None) -> None:
+        self.interval = interval
+        self.rng = rng or random.Random()
+
+    def next(self, now: float) -> float:
+        return now + self.interval * self.rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+class FolderWatcher:
+    """Watches a folder tree with watchdog; `await next_batch()` yields sets of changed paths
+    (relative, '/'-separated, NFC)."""
+
+    def __init__(self, root: Path, delay: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.root = Path(root)
+        self.loop = loop or asyncio.get_event_loop()
+        self.agg = Aggregator(delay)
+        self._wake = asyncio.Event()
+        self._observer = None
+
+    def start(self) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                for p in (event.src_path, getattr(event, "dest_path", "")):
+                    if p:
+                        watcher.loop.call_soon_threadsafe(watcher._raw, os.fsdecode(p))
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), str(self.root), recursive=True)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+            self._observer = None
+
+    def _raw(self, path: str) -> None:
+        try:
+            rel = os.path.relpath(path, self.root)
+        except ValueError:
+            return
+        if rel == "." or rel.startswith(".."):
+            return
+        rel = unicodedata.normalize("NFC", rel.replace(os.sep, "/"))
+        if always_ignored(rel):
+            return
+        self.agg.add(rel, time.monotonic())
+        self._wake.set()
+
+    async def next_batch(self) -> set[str]:
+        while True:
+            deadline = self.agg.next_deadline()
+            if deadline is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            now = time.monotonic()
+            if deadline > now:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), deadline - now)
+                except TimeoutError:
+                    pass
+                continue
+            batch = self.agg.due(now)
+            if batch:
+                return batch
