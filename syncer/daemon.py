@@ -316,6 +316,8 @@ def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = 
         level=os.environ.get("SYNCER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("watchdog", "asyncio", "aiohttp.access", "quic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     for url in listen or []:
         Address.parse(url)
     with pid_lock(paths):

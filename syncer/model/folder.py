@@ -403,6 +403,14 @@ class FolderRuntime:
                 continue
             to_start.append((glob, n))
             job_bytes += glob.size
+        # deletions wait until downloads are done: a deleted file may be the local source of
+        # blocks for a new one (a rename), so it must still be there while those are pulled
+        deletions = [o for o in others if o[0].deleted]
+        others = [o for o in others if not o[0].deleted]
+        if not to_start and not self.jobs and not self.finishing:
+            others += deletions
+        elif deletions:
+            asyncio.get_running_loop().call_later(0.5, self.wake.set)
         if others:
             await self._apply_others(others)
         if to_start:

@@ -237,6 +237,7 @@ class SyncModel:
 
     async def _on_cluster_config(self, session: PeerSession, msg: ClusterConfig) -> None:
         dev = session.device
+        newly_shared = False
         for fs in msg.folders:
             cfg = self.config.folder(fs.id)
             if cfg is None:
@@ -262,8 +263,13 @@ class SyncModel:
                     await f.run_in_worker(reset)
                     f.remote.pop(dev, None)
                     f.recompute(None)
+            newly_shared |= dev not in f.peers
             await f.peer_ready(session, (ours.index_id, ours.max_sequence) if ours else (0, 0))
             self.pending.forget_folder(fs.id)
+        if newly_shared:
+            # the peer may have joined a folder after our last ClusterConfig: tell it again, so
+            # it starts exchanging too (this stops once both sides have each other as peers)
+            await self._send_cluster_config(session)
 
     # --- requests -----------------------------------------------------------------------
     def schedule(self, folder: FolderRuntime) -> None:
