@@ -149,3 +149,72 @@ def test_marker_missing_stops_folder_instead_of_deleting(tmp_path):
         assert folder_status(a, FID)["local_files"] == 5
         assert "marker" in folder_status(a, FID)["error"]
         assert len([n for n in tree(db_) if n.startswith("f")]) == 5
+
+
+def test_resume_after_kill_9_mid_transfer(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        da.mkdir()
+        size = 24 * 1024 * 1024
+        (da / "big.bin").write_bytes(os.urandom(size))
+        share(a, da, FID)
+        share(b, db_, FID)
+        a.syncer("config", "set", "limits.max_send_kbps", "4096", check=True)  # ~6 s transfer
+        a.start()
+        b.start()
+        pair_all([a, b])
+        tmp = db_ / ".syncer.big.bin.tmp"
+        wait_until(lambda: tmp.exists() and transfer(b, a, FID)["bytes_in"] >= 4 * 1024 * 1024, what="transfer under way")
+        b.kill()
+        assert not (db_ / "big.bin").exists()  # nothing half-written under the real name
+        assert tmp.exists()
+        b.start()
+        wait_same(da, db_, what="byte-identical after resume")
+        # the second run fetched only what the first had not verified yet
+        assert transfer(b, a, FID)["bytes_in"] < size - 2 * 1024 * 1024
+        assert not tmp.exists()
+
+
+def test_resume_after_sender_killed(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        da.mkdir()
+        (da / "big.bin").write_bytes(os.urandom(16 * 1024 * 1024))
+        share(a, da, FID)
+        share(b, db_, FID)
+        a.syncer("config", "set", "limits.max_send_kbps", "4096", check=True)
+        a.start()
+        b.start()
+        pair_all([a, b])
+        wait_until(lambda: transfer(b, a, FID)["bytes_in"] >= 2 * 1024 * 1024, what="transfer under way")
+        a.kill()
+        wait_until(lambda: not b.connected_to(a), what="b notices a is gone")
+        assert not (db_ / "big.bin").exists()
+        a.start()
+        wait_same(da, db_, what="byte-identical after the sender restarted")
+
+
+def test_swarm_receivers_feed_each_other(tmp_path):
+    names = ["seed", "r1", "r2", "r3", "r4"]
+    with cluster(tmp_path, *names) as nodes:
+        seed, receivers = nodes[0], nodes[1:]
+        dirs = {n.name: tmp_path / n.name.upper() for n in nodes}
+        dirs["seed"].mkdir()
+        for i in range(4):
+            (dirs["seed"] / f"part{i}.bin").write_bytes(os.urandom(16 * 1024 * 1024))
+        for n in nodes:
+            share(n, dirs[n.name], FID)
+        # the seed's upload is capped so the receivers have a reason to trade
+        seed.syncer("config", "set", "limits.max_send_kbps", "8192", check=True)
+        for n in nodes:
+            n.start()
+        pair_all(nodes)
+        for r in receivers:
+            wait_same(dirs["seed"], dirs[r.name], timeout=180, what=f"{r.name} complete")
+        from_peers = from_seed = 0
+        for r in receivers:
+            from_seed += transfer(r, seed, FID)["blocks_in"]
+            from_peers += sum(transfer(r, o, FID)["blocks_in"] for o in receivers if o is not r)
+        # 4 receivers x 64 MiB in 256 KiB blocks = 1024 blocks fetched in all
+        assert from_seed + from_peers >= 1000
+        assert from_peers > 0.25 * (from_seed + from_peers), (from_seed, from_peers)
