@@ -84,6 +84,9 @@ class Node:
     def device(self, other: Node) -> dict[str, Any]:
         return next(d for d in self.status()["devices"] if d["device_id"] == other.device_id)
 
+    def device_by_id(self, device_id: str) -> dict[str, Any]:
+        return next(d for d in self.status()["devices"] if d["device_id"] == device_id)
+
     def connected_to(self, other: Node) -> bool:
         return bool(self.device(other)["connected"])
 
