@@ -1,0 +1,110 @@
+import sqlite3
+
+import msgspec
+import pytest
+
+from syncer.deviceid import DeviceId
+from syncer.errors import SyncerError
+from syncer.index.db import LOCAL, IndexDB, migrations
+from syncer.index.fileinfo import FileInfo, FileType
+from syncer.index.version import Ordering, VersionVector, short_id
+
+REMOTE = b"\x07" * 32
+
+
+def fi(name, blocks=(b"a" * 32,), version=((1, 1),), deleted=False, size=5) -> FileInfo:
+    return FileInfo(name, FileType.FILE, size, 1, 0o644, 131072, tuple(blocks), "", VersionVector.from_list(version), 0, deleted, 1)
+
+
+def test_version_vector_ordering_and_update():
+    a = VersionVector.from_list([(1, 1)])
+    b = a.update(2)
+    assert b.compare(a) is Ordering.GREATER and a.compare(b) is Ordering.LESSER
+    assert a.update(1).compare(b) is Ordering.CONCURRENT
+    assert a.compare(VersionVector.from_list([[1, 1]])) is Ordering.EQUAL
+    assert a.merge(b).counter(2) == 1 and b.counter(9) == 0
+    assert VersionVector.from_list(b.to_list()) == b
+
+
+def test_short_id_is_first_8_bytes():
+    d = DeviceId(bytes(range(32)))
+    assert short_id(d) == int.from_bytes(bytes(range(8)), "big")
+
+
+def test_local_updates_get_increasing_sequences_and_files_since(tmp_path):
+    db = IndexDB(tmp_path / "i.db")
+    out = db.update_local("f", [fi("a"), fi("b")])
+    assert [f.sequence for f in out] == [1, 2]
+    out = db.update_local("f", [fi("a", version=((1, 2),))])
+    assert out[0].sequence == 3 and db.max_sequence("f") == 3
+    assert [f.name for f in db.files_since("f", LOCAL, 2)] == ["a"]
+    assert db.get("f", LOCAL, "a").version.counter(1) == 2
+    assert db.count("f") == (2, 10)
+
+
+def test_remote_index_kept_apart_and_reset(tmp_path):
+    db = IndexDB(tmp_path / "i.db")
+    db.update_local("f", [fi("a")])
+    remote = [msgspec.structs.replace(fi("r"), sequence=9)]
+    db.update_remote("f", REMOTE, remote)
+    assert [f.name for f in db.all_files("f", REMOTE)] == ["r"]
+    assert db.max_sequence("f", REMOTE) == 9
+    assert db.index_id("f", REMOTE) == 0
+    db.set_index_id("f", REMOTE, 77)
+    assert db.remote_index_id("f", REMOTE) == 77
+    db.reset_device("f", REMOTE)
+    assert list(db.all_files("f", REMOTE)) == [] and db.max_sequence("f", REMOTE) == 0
+    assert [f.name for f in db.all_files("f")] == ["a"]
+
+
+def test_local_index_id_is_stable(tmp_path):
+    db = IndexDB(tmp_path / "i.db")
+    first = db.index_id("f")
+    assert first and IndexDB(tmp_path / "i.db").index_id("f") == first
+
+
+def test_find_block_local_only_and_not_deleted(tmp_path):
+    db = IndexDB(tmp_path / "i.db")
+    h = b"h" * 32
+    db.update_local("f", [fi("x", blocks=(b"z" * 32, h), size=131072 + 10)])
+    assert db.find_block("f", h) == ("x", 131072, 10)
+    db.update_remote("f", REMOTE, [fi("y", blocks=(b"q" * 32,))])
+    assert db.find_block("f", b"q" * 32) is None
+    db.update_local("f", [fi("x", blocks=(), deleted=True, size=0)])
+    assert db.find_block("f", h) is None
+
+
+def test_unsigned_64bit_ids_round_trip(tmp_path):
+    db = IndexDB(tmp_path / "i.db")
+    big = 2**64 - 3
+    f = msgspec.structs.replace(fi("a", version=((big, 5),)), modified_by=big)
+    db.update_local("f", [f])
+    got = db.get("f", LOCAL, "a")
+    assert got.modified_by == big and got.version.counter(big) == 5
+
+
+def test_migrations_numbered_and_recorded(tmp_path):
+    known = migrations()
+    assert [v for v, _ in known] == list(range(1, len(known) + 1))
+    db = IndexDB(tmp_path / "i.db")
+    assert db.schema_version() == known[-1][0]
+    db.close()
+    IndexDB(tmp_path / "i.db").close()  # re-opening applies nothing twice
+    rows = sqlite3.connect(tmp_path / "i.db").execute("SELECT version FROM schema_version").fetchall()
+    assert [r[0] for r in rows] == [v for v, _ in known]
+
+
+def test_newer_schema_is_refused(tmp_path):
+    IndexDB(tmp_path / "i.db").close()
+    c = sqlite3.connect(tmp_path / "i.db")
+    c.execute("INSERT INTO schema_version VALUES (999)")
+    c.commit()
+    c.close()
+    with pytest.raises(SyncerError, match="newer"):
+        IndexDB(tmp_path / "i.db")
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    (tmp_path / "i.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(SyncerError, match="index database"):
+        IndexDB(tmp_path / "i.db")

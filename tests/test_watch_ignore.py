@@ -1,0 +1,66 @@
+import asyncio
+import random
+
+from syncer.ignore import Ignore, always_ignored
+from syncer.watch import Aggregator, FolderWatcher, RescanSchedule
+
+
+def test_ignore_patterns():
+    ig = Ignore(["*.log", "build/", "!keep.log", "# comment", "/top.txt"])
+    assert ig.ignored("a.log") and ig.ignored("x/y/b.log")
+    assert not ig.ignored("keep.log")
+    assert ig.ignored("build", is_dir=True) and ig.ignored("build/out.o")
+    assert ig.ignored("top.txt") and not ig.ignored("sub/top.txt")
+    assert not ig.ignored("readme.md")
+
+
+def test_always_ignored():
+    for n in (".syncer", ".syncer/versions/x", "d/.syncer.f.tmp", ".DS_Store", "d/Thumbs.db", "._x"):
+        assert always_ignored(n), n
+    for n in (".syncerignore", "d/.syncer", "normal.txt"):
+        assert not always_ignored(n), n
+
+
+def test_aggregator_debounces_with_injected_time():
+    a = Aggregator(delay=0.1, max_delay=1.0)
+    a.add("f", 0.0)
+    assert a.next_deadline() == 0.1 and a.due(0.05) == set()
+    a.add("f", 0.08)  # still being written: wait for quiet
+    assert a.due(0.15) == set() and a.due(0.18) == {"f"}
+    assert a.next_deadline() is None
+
+
+def test_aggregator_max_delay_for_constant_writes():
+    a = Aggregator(delay=0.1, max_delay=1.0)
+    t = 0.0
+    while t < 0.95:
+        a.add("busy", t)
+        assert a.due(t) == set()
+        t += 0.05
+    a.add("busy", 1.0)
+    assert a.due(1.0) == {"busy"}
+
+
+def test_rescan_schedule_jitter():
+    s = RescanSchedule(3600, random.Random(1))
+    times = [s.next(0) for _ in range(50)]
+    assert all(3240 <= t <= 3960 for t in times) and len(set(times)) > 40
+
+
+def test_real_watcher_reports_changes(tmp_path):
+    async def main() -> set[str]:
+        w = FolderWatcher(tmp_path, 0.05, asyncio.get_running_loop())
+        w.start()
+        try:
+            (tmp_path / "new.txt").write_text("x")
+            (tmp_path / ".syncer.new.txt.tmp").write_text("ignored")
+            got: set[str] = set()
+            deadline = asyncio.get_running_loop().time() + 20
+            while "new.txt" not in got:
+                got |= await asyncio.wait_for(w.next_batch(), max(0.1, deadline - asyncio.get_running_loop().time()))
+            return got
+        finally:
+            w.stop()
+
+    got = asyncio.run(main())
+    assert "new.txt" in got and not any(".tmp" in p for p in got)
