@@ -47,7 +47,8 @@ class TcpStream(Stream):
     async def writelines(self, chunks: list[bytes]) -> None:
         if self._closed or self._writer.is_closing():
             raise ConnectionResetError("stream closed")
-        self._writer.writelines(chunks)
+        # one buffer, so a small frame header does not become a TLS record of its own
+        self._writer.write(b"".join(chunks))
         await self._writer.drain()
 
     async def close(self) -> None:

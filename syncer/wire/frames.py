@@ -58,7 +58,8 @@ def decode_body(type_byte: int, body: memoryview) -> Message:
     if type_byte == _PIECE_TYPE:
         if len(body) < PIECE_ID.size:
             raise FrameError("truncated piece")
-        return Piece(PIECE_ID.unpack_from(body)[0], bytes(body[PIECE_ID.size :]))
+        # the payload stays a view of the received (immutable) buffer: no copy of block data
+        return Piece(PIECE_ID.unpack_from(body)[0], body[PIECE_ID.size :])  # type: ignore[arg-type]
     dec = _decoders.get(type_byte)
     if dec is None:
         raise FrameError(f"unknown message type 0x{type_byte:02x}")
@@ -69,39 +70,56 @@ def decode_body(type_byte: int, body: memoryview) -> Message:
 
 
 class FrameDecoder:
-    """Accumulates bytes and yields complete messages; O(total bytes), never re-copies the
-    unconsumed tail on every frame."""
+    """Turns received bytes into messages.
+
+    Frames that arrive whole are decoded straight from the received buffer; a frame split over
+    several reads is kept as a list of chunks and joined once, when its last byte arrives. So
+    every byte is copied at most once, and Piece payloads are views of immutable buffers.
+    """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._pos = 0
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0  # bytes needed before the pending chunks can be parsed again
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return self._have
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Decoded messages; raises FrameError on the first invalid frame."""
-        self._buf += data
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._chunks)
+            self._chunks, self._have = [], 0
         out: list[Message] = []
-        buf, pos, end = self._buf, self._pos, len(self._buf)
-        try:
-            while end - pos >= 4:
-                if buf[pos : pos + 4] == b"\0\0\0\0":
-                    raise FrameError("empty frame")
-                if end - pos < HEADER.size:
-                    break
-                length, t = HEADER.unpack_from(buf, pos)
-                if length > max_frame(t):
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while end - pos >= 4:
+            if data[pos : pos + 4] == b"\0\0\0\0":
+                raise FrameError("empty frame")
+            if end - pos < HEADER.size:
+                break
+            length, t = HEADER.unpack_from(data, pos)
+            if length > max_frame(t):
+                raise FrameError(f"frame of {length} bytes for type 0x{t:02x} exceeds the limit")
+            if end - pos < 4 + length:
+                break
+            out.append(decode_body(t, view[pos + HEADER.size : pos + 4 + length]))
+            pos += 4 + length
+        if pos < end:
+            tail = data[pos:]
+            self._chunks = [tail]
+            self._have = len(tail)
+            self._need = HEADER.size
+            if len(tail) >= HEADER.size:
+                length, t = HEADER.unpack_from(tail)
+                if length > max_frame(t):  # refuse before buffering any of it
                     raise FrameError(f"frame of {length} bytes for type 0x{t:02x} exceeds the limit")
-                if end - pos < 4 + length:
-                    break
-                with memoryview(buf) as mv:
-                    out.append(decode_body(t, mv[pos + HEADER.size : pos + 4 + length]))
-                pos += 4 + length
-        finally:
-            # compact once per feed: drop consumed bytes so the buffer stays ~one frame
-            if pos:
-                del buf[:pos]
-            self._pos = 0
+                self._need = 4 + length
         return out
