@@ -66,7 +66,7 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "listen",
             list,
-            ["tcp://0.0.0.0:22000"],
+            ["tcp://0.0.0.0:22000", "quic://0.0.0.0:22000"],
             "listen addresses (tcp://HOST:PORT, quic://HOST:PORT)",
             _each(_is_address),
             "each must look like tcp://HOST:PORT or quic://HOST:PORT",

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from syncer.deviceid import DeviceId
 
-# lower is better: a direct connection replaces a punched one, which replaces a relayed one
-TRANSPORT_RANK = {"tcp": 0, "quic": 1, "memory": 1, "punched": 2, "relay": 3}
+# lower is better: direct beats punched beats relayed; among direct ones TCP beats QUIC
+ROUTE_RANK = {"direct": 0, "punched": 1, "relayed": 2}
+TRANSPORT_RANK = {"tcp": 0, "quic": 1, "memory": 1, "relay": 2}
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,21 @@ class ConnInfo:
     initiator: DeviceId  # who dialed
     established: float  # monotonic, for ordering
     since: float = 0.0  # wall clock, for display
+    route: str = "direct"  # direct | punched | relayed
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return ROUTE_RANK.get(self.route, 9), TRANSPORT_RANK.get(self.transport, 9)
+
+    @property
+    def label(self) -> str:
+        """What `syncer status` shows as the transport."""
+        return {"punched": f"{self.transport} (punched)", "relayed": "relay"}.get(self.route, self.transport)
 
 
 def preferred(a: ConnInfo, b: ConnInfo) -> ConnInfo:
     """Which of two connections to the same device both sides keep (pure, symmetric)."""
-    ra, rb = TRANSPORT_RANK.get(a.transport, 9), TRANSPORT_RANK.get(b.transport, 9)
+    ra, rb = a.rank, b.rank
     if ra != rb:
         return a if ra < rb else b
     if a.initiator != b.initiator:

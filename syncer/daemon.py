@@ -21,7 +21,12 @@ from syncer.deviceid import DeviceId
 from syncer.errors import DaemonError, SyncerError
 from syncer.identity import load_or_create
 from syncer.model.sync import SyncModel
+from syncer.nat.attempts import execute
+from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
+from syncer.nat.rendezvous import PunchResponder
 from syncer.net.backoff import Backoff
+from syncer.net.quic import QuicTransport
+from syncer.net.relay_client import RelayTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
 from syncer.paths import Paths
@@ -66,7 +71,10 @@ class Daemon:
         self.config: Config = load_config(paths.config_file)
         self._listen_override = listen
         self._api_override = api
-        self.transports = {"tcp": TcpTransport(self.identity)}
+        self.transports = {"tcp": TcpTransport(self.identity), "quic": QuicTransport(self.identity)}
+        self.relays: dict[str, RelayTransport] = {}
+        self.responders: list[PunchResponder] = []
+        self.upgrades: dict[DeviceId, UpgradePolicy] = {}
         self.listeners: list[Listener] = []
         self.pending_store = PendingStore(paths.state_dir / "pending.json")
         self.sessions: dict[DeviceId, PeerSession] = {}
@@ -114,13 +122,48 @@ class Daemon:
         tmp.write_text(address)
         os.replace(tmp, self.paths.api_address_file)
         log.info("control API on %s", address)
+        for url in self.config.get("relays"):
+            self._spawn(self._use_relay(url))
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
         await self.model.start()
         self._spawn(self._dial_loop())
 
+    async def _use_relay(self, url: str) -> None:
+        """Stay registered at a relay (so peers reach us through it) and answer punches
+        coordinated by its rendezvous; retries with backoff while the relay is unreachable."""
+        backoff = Backoff()
+        while True:
+            relay = RelayTransport(self.identity, url)
+            try:
+                await relay.register(lambda s: self._handle_stream(s, None, "relayed"))
+            except (TransportError, OSError) as e:
+                log.info("relay %s: %s", url, e)
+                backoff.failed(time.monotonic())
+                await asyncio.sleep(max(0.5, backoff.next_at - time.monotonic()))
+                continue
+            self.relays[url] = relay
+            log.info("registered at relay %s", url)
+            if self.config.get("nat.enabled"):
+                responder = PunchResponder(
+                    self.identity, url, lambda s: self._handle_stream(s, None, "punched"), relay=relay
+                )
+                try:
+                    await responder.start()
+                    self.responders.append(responder)
+                except (TransportError, OSError) as e:
+                    log.warning("relay %s: hole punching unavailable: %s", url, e)
+            self._wake_dialer.set()
+            return
+
     async def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.paths.api_address_file.unlink()
+        for responder in self.responders:
+            with contextlib.suppress(Exception):
+                await responder.close()
+        for relay in self.relays.values():
+            with contextlib.suppress(Exception):
+                await relay.close()
         for t in list(self._tasks):
             t.cancel()
         for s in list(self.sessions.values()):
@@ -149,7 +192,7 @@ class Daemon:
     async def _on_inbound(self, stream: Stream) -> None:
         await self._handle_stream(stream, expected=None)
 
-    async def _handle_stream(self, stream: Stream, expected: DeviceId | None) -> None:
+    async def _handle_stream(self, stream: Stream, expected: DeviceId | None, route: str = "direct") -> None:
         peer = stream.peer
         if expected is not None and peer != expected:
             log.warning("dialed %s at %s but reached %s; closing", expected.short, stream.remote_address, peer.short)
@@ -169,7 +212,7 @@ class Daemon:
             stream.abort()
             return
         mono, wall = time.monotonic(), time.time()
-        info = ConnInfo(peer, stream.transport, stream.remote_address, self.device_id if expected else peer, mono, wall)
+        info = ConnInfo(peer, stream.transport, stream.remote_address, self.device_id if expected else peer, mono, wall, route)
         session.info = info
         existing = self.sessions.get(peer)
         if existing is not None and existing.info is not None:
@@ -179,7 +222,8 @@ class Daemon:
             await existing.close("replaced by a better connection")
         self.sessions[peer] = session
         self.backoff.setdefault(peer, Backoff()).succeeded()
-        log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, stream.transport, stream.remote_address)
+        self.upgrades.setdefault(peer, UpgradePolicy()).connected(Route[route.upper()], time.monotonic())
+        log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, info.label, stream.remote_address)
         if self.model is not None:
             session.handler = self.model
             await self.model.on_connected(session)
@@ -190,6 +234,7 @@ class Daemon:
                 self.model.on_disconnected(session)
             if self.sessions.get(peer) is session:
                 del self.sessions[peer]
+                self.upgrades.setdefault(peer, UpgradePolicy()).disconnected()
                 log.info("disconnected from %s: %s", peer.short, session.close_reason)
                 self._wake_dialer.set()
 
@@ -199,40 +244,60 @@ class Daemon:
         dev = self.config.device(device)
         out = [(a, "static") for a in (dev.addresses if dev else [])]
         out += [(a, s) for a, s in self.discovered.get(device, {}).items() if a not in dict(out)]
-        rank = {"tcp": 0, "quic": 1, "relay": 2}
-        return sorted(out, key=lambda x: rank.get(x[0].partition("://")[0], 9))
+        return out
+
+    def plan_for(self, device: DeviceId) -> list[Attempt]:
+        return plan(
+            [a for a, _ in self.addresses_of(device)],
+            list(self.relays),
+            nat_enabled=bool(self.config.get("nat.enabled")),
+        )
 
     async def _dial_loop(self) -> None:
         while True:
             now = time.monotonic()
             for dev in self.config.devices:
                 device = dev.device_id
-                if device in self.sessions or device in self.dialing:
+                if device in self.dialing:
                     continue
-                backoff = self.backoff.setdefault(device, Backoff())
-                if not backoff.due(now) or not self.addresses_of(device):
-                    continue
+                if device in self.sessions:
+                    # connected over a punched or relayed route: now and then try better ones
+                    up = self.upgrades.setdefault(device, UpgradePolicy())
+                    if not up.due(now):
+                        continue
+                    attempts = up.candidates(self.plan_for(device))
+                    if not attempts:
+                        up.round_failed(now)
+                        continue
+                else:
+                    backoff = self.backoff.setdefault(device, Backoff())
+                    if not backoff.due(now):
+                        continue
+                    attempts = self.plan_for(device)
+                    if not attempts:
+                        continue
                 self.dialing.add(device)
-                self._spawn(self._dial(device))
+                self._spawn(self._dial(device, attempts))
             self._wake_dialer.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake_dialer.wait(), DIAL_TICK)
 
-    async def _dial(self, device: DeviceId) -> None:
+    async def _dial(self, device: DeviceId, attempts: list[Attempt]) -> None:
+        upgrading = device in self.sessions
         try:
-            for url, _source in self.addresses_of(device):
-                transport = self.transports.get(url.partition("://")[0])
-                if transport is None:
-                    continue
+            for attempt in attempts:
                 try:
-                    stream = await transport.connect(url)
-                except TransportError as e:
-                    log.debug("dial %s at %s: %s", device.short, url, e)
+                    stream = await execute(attempt, self.identity, device, self.relays)
+                except (SyncerError, OSError) as e:
+                    log.debug("dial %s via %s %s: %s", device.short, attempt.kind, attempt.url, e)
                     continue
                 self.dialing.discard(device)
-                await self._handle_stream(stream, expected=device)
+                await self._handle_stream(stream, expected=device, route=attempt.route.name.lower())
                 return
-            self.backoff.setdefault(device, Backoff()).failed(time.monotonic())
+            if upgrading:
+                self.upgrades.setdefault(device, UpgradePolicy()).round_failed(time.monotonic())
+            else:
+                self.backoff.setdefault(device, Backoff()).failed(time.monotonic())
         finally:
             self.dialing.discard(device)
 
@@ -245,7 +310,8 @@ class Daemon:
             "device_id": dev_id,
             "name": name or (s.remote_name if s else ""),
             "connected": info is not None,
-            "transport": info.transport if info else None,
+            "transport": info.label if info else None,
+            "route": info.route if info else None,
             "address": info.address if info else None,
             "since": info.since if info else None,
             "addresses": [{"address": a, "source": src} for a, src in self.addresses_of(device)],
