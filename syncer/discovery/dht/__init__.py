@@ -1,0 +1,1 @@
+"""Kademlia DHT compatible with BitTorrent's Mainline DHT (BEP 5)."""

@@ -1,0 +1,261 @@
+"""A DHT node (BEP 5): answers ping / find_node / get_peers / announce_peer, and runs iterative
+lookups for the daemon (announce our device key, find paired devices' keys).
+
+Memory is bounded: the routing table by design, stored peers by PeerStore caps, outstanding
+queries by MAX_OUTSTANDING. Garbage or oversized datagrams are dropped (or answered with a
+BEP 5 error when they carry a transaction id); nothing a peer sends can raise out of here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+from syncer.discovery.dht import krpc
+from syncer.discovery.dht.krpc import NodeInfo
+from syncer.discovery.dht.routing import K, RoutingTable, distance
+from syncer.discovery.dht.tokens import Tokens
+from syncer.discovery.peerstore import PeerEntry, PeerStore
+
+log = logging.getLogger(__name__)
+
+ALPHA = 3
+QUERY_TIMEOUT = 2.0
+MAX_OUTSTANDING = 512
+PEER_TTL = 30 * 60.0
+MAX_KEYS = 50_000
+MAX_PEERS_PER_KEY = 100
+MAX_VALUES = 50
+REFRESH_CHECK = 60.0
+
+
+class DhtNode(asyncio.DatagramProtocol):
+    def __init__(self, host: str = "0.0.0.0", port: int = 6881, bootstrap: list[tuple[str, int]] | None = None, node_id: bytes | None = None) -> None:
+        self.host, self.port = host, port
+        self.id = node_id or os.urandom(20)
+        self.bootstrap_nodes = list(bootstrap or [])
+        now = time.monotonic()
+        self.table = RoutingTable(self.id, now)
+        self.tokens = Tokens(now)
+        self.store = PeerStore(ttl=PEER_TTL, max_swarms=MAX_KEYS, max_peers=MAX_PEERS_PER_KEY)
+        self.transport: asyncio.DatagramTransport | None = None
+        self._pending: dict[bytes, tuple[asyncio.Future[dict[bytes, Any]], tuple[str, int]]] = {}
+        self._tid = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stats = {"queries_in": 0, "responses_in": 0, "dropped": 0, "errors_out": 0}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+        self.host, self.port = self.transport.get_extra_info("sockname")[:2]
+        self._tasks.append(asyncio.ensure_future(self._maintenance()))
+        return self.host, self.port
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fut, _ in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def statistics(self) -> dict[str, int]:
+        return {**self.stats, "nodes": len(self.table), "stored_peers": len(self.store), "outstanding": len(self._pending)}
+
+    # --- datagrams -----------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        try:
+            msg = krpc.parse(data)
+        except krpc.KrpcError:
+            self.stats["dropped"] += 1
+            return
+        try:
+            kind = msg[b"y"]
+            if kind == b"q":
+                self.stats["queries_in"] += 1
+                self._on_query(msg, addr)
+            else:
+                self.stats["responses_in"] += 1
+                self._on_response(msg, addr)
+        except krpc.KrpcError as e:
+            self._send(krpc.error(msg[b"t"], e.code, str(e)), addr)
+            self.stats["errors_out"] += 1
+        except Exception:  # a peer must never be able to crash the node
+            log.exception("DHT: error handling a datagram from %s", addr)
+            self.stats["dropped"] += 1
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors on UDP: nothing to do
+        pass
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def _sender(self, args: dict[bytes, Any], addr: tuple[str, int]) -> bytes:
+        nid = args.get(b"id")
+        if not isinstance(nid, bytes) or len(nid) != 20:
+            raise krpc.KrpcError(krpc.ERR_PROTOCOL, "missing or invalid id")
+        return nid
+
+    def _on_query(self, msg: dict[bytes, Any], addr: tuple[str, int]) -> None:
+        t, method, args = msg[b"t"], msg.get(b"q"), msg.get(b"a")
+        if not isinstance(args, dict) or not isinstance(method, bytes):
+            raise krpc.KrpcError(krpc.ERR_PROTOCOL, "malformed query")
+        sender = self._sender(args, addr)
+        now = time.monotonic()
+        if method == b"ping":
+            reply: dict[str, Any] = {"id": self.id}
+        elif method == b"find_node":
+            target = args.get(b"target")
+            if not isinstance(target, bytes) or len(target) != 20:
+                raise krpc.KrpcError(krpc.ERR_PROTOCOL, "invalid target")
+            reply = {"id": self.id, "nodes": krpc.encode_nodes(self.table.closest(target))}
+        elif method == b"get_peers":
+            ih = args.get(b"info_hash")
+            if not isinstance(ih, bytes) or len(ih) != 20:
+                raise krpc.KrpcError(krpc.ERR_PROTOCOL, "invalid info_hash")
+            reply = {"id": self.id, "token": self.tokens.issue(addr[0], now)}
+            peers = self.store.peers(ih, now, MAX_VALUES)
+            if peers:
+                reply["values"] = [krpc.encode_peer(p.ip, p.port) for p in peers]
+            reply["nodes"] = krpc.encode_nodes(self.table.closest(ih))
+        elif method == b"announce_peer":
+            ih, token = args.get(b"info_hash"), args.get(b"token")
+            if not isinstance(ih, bytes) or len(ih) != 20 or not isinstance(token, bytes):
+                raise krpc.KrpcError(krpc.ERR_PROTOCOL, "invalid announce_peer")
+            if not self.tokens.valid(token, addr[0], now):
+                raise krpc.KrpcError(krpc.ERR_PROTOCOL, "bad token")
+            port = addr[1] if args.get(b"implied_port") == 1 else args.get(b"port")
+            if not isinstance(port, int) or not 0 < port < 65536:
+                raise krpc.KrpcError(krpc.ERR_PROTOCOL, "invalid port")
+            self.store.announce(ih, PeerEntry(addr[0], port, "", b"", now))
+            reply = {"id": self.id}
+        else:
+            raise krpc.KrpcError(krpc.ERR_METHOD, "method unknown")
+        self.table.add(NodeInfo(sender, addr[0], addr[1]), now)
+        self._send(krpc.response(t, reply), addr)
+
+    def _on_response(self, msg: dict[bytes, Any], addr: tuple[str, int]) -> None:
+        pending = self._pending.pop(msg[b"t"], None)
+        if pending is None:
+            return
+        fut, to = pending
+        if fut.done():
+            return
+        if msg[b"y"] == b"e":
+            fut.set_exception(krpc.KrpcError(krpc.ERR_GENERIC, f"error from {addr}: {msg.get(b'e')}"))
+            return
+        r = msg.get(b"r")
+        if not isinstance(r, dict):
+            fut.set_exception(krpc.KrpcError(krpc.ERR_PROTOCOL, "malformed response"))
+            return
+        nid = r.get(b"id")
+        if isinstance(nid, bytes) and len(nid) == 20:
+            self.table.add(NodeInfo(nid, addr[0], addr[1]), time.monotonic())
+        fut.set_result(r)
+
+    # --- outgoing queries -----------------------------------------------------------------
+    async def query(self, addr: tuple[str, int], method: str, args: dict[str, Any], node_id: bytes | None = None) -> dict[bytes, Any]:
+        if len(self._pending) >= MAX_OUTSTANDING:
+            raise krpc.KrpcError(krpc.ERR_SERVER, "too many outstanding queries")
+        self._tid = (self._tid + 1) & 0xFFFF
+        t = self._tid.to_bytes(2, "big")
+        fut: asyncio.Future[dict[bytes, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[t] = (fut, addr)
+        self._send(krpc.query(t, method, {"id": self.id, **args}), addr)
+        try:
+            return await asyncio.wait_for(fut, QUERY_TIMEOUT)
+        except (TimeoutError, krpc.KrpcError):
+            if node_id is not None:
+                self.table.failed(node_id)
+            raise
+        finally:
+            self._pending.pop(t, None)
+
+    async def ping(self, addr: tuple[str, int]) -> bytes:
+        r = await self.query(addr, "ping", {})
+        return r[b"id"]
+
+    async def bootstrap(self) -> int:
+        """Join through the bootstrap nodes; returns the routing table size."""
+        for addr in self.bootstrap_nodes:
+            with contextlib.suppress(TimeoutError, krpc.KrpcError, OSError):
+                await self.query(addr, "find_node", {"target": self.id})
+        await self._lookup(self.id, "find_node")
+        return len(self.table)
+
+    async def _lookup(self, target: bytes, method: str) -> tuple[list[NodeInfo], dict[bytes, bytes], set[tuple[str, int]]]:
+        """Iterative Kademlia lookup: (k closest responding nodes, their tokens, peer values)."""
+        shortlist: dict[bytes, NodeInfo] = {n.id: n for n in self.table.closest(target, K)}
+        queried: set[bytes] = set()
+        responded: dict[bytes, NodeInfo] = {}
+        tokens: dict[bytes, bytes] = {}
+        values: set[tuple[str, int]] = set()
+        arg = {"target": target} if method == "find_node" else {"info_hash": target}
+
+        async def ask(n: NodeInfo) -> None:
+            try:
+                r = await self.query(n.addr, method, arg, n.id)
+            except (TimeoutError, krpc.KrpcError, OSError):
+                return
+            responded[n.id] = n
+            tok = r.get(b"token")
+            if isinstance(tok, bytes):
+                tokens[n.id] = tok
+            if method == "get_peers" and isinstance(r.get(b"values"), list):
+                values.update(krpc.decode_peers(r[b"values"]))
+            nodes = r.get(b"nodes")
+            if isinstance(nodes, bytes):
+                with contextlib.suppress(krpc.KrpcError):
+                    for m in krpc.decode_nodes(nodes):
+                        if m.id != self.id and 0 < m.port < 65536:
+                            shortlist.setdefault(m.id, m)
+
+        while True:
+            ordered = sorted(shortlist.values(), key=lambda x: distance(x.id, target))
+            best_k = ordered[:K]
+            todo = [n for n in best_k if n.id not in queried][:ALPHA]
+            if not todo:
+                break
+            queried.update(n.id for n in todo)
+            await asyncio.gather(*(ask(n) for n in todo))
+        closest = sorted(responded.values(), key=lambda x: distance(x.id, target))[:K]
+        return closest, tokens, values
+
+    async def get_peers(self, key: bytes) -> list[tuple[str, int]]:
+        _, _, values = await self._lookup(key, "get_peers")
+        local = {(p.ip, p.port) for p in self.store.peers(key, time.monotonic(), MAX_VALUES)}
+        return sorted(values | local)
+
+    async def announce(self, key: bytes, port: int) -> int:
+        """Announce that we serve `key` on `port` to the k closest nodes; returns how many took it."""
+        closest, tokens, _ = await self._lookup(key, "get_peers")
+        ok = 0
+        for n in closest:
+            tok = tokens.get(n.id)
+            if tok is None:
+                continue
+            with contextlib.suppress(TimeoutError, krpc.KrpcError, OSError):
+                await self.query(n.addr, "announce_peer", {"info_hash": key, "port": port, "token": tok, "implied_port": 0}, n.id)
+                ok += 1
+        if not closest:  # alone in the network: at least we answer for it ourselves
+            self.store.announce(key, PeerEntry(self.host, port, "", b"", time.monotonic()))
+        return ok
+
+    async def _maintenance(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_CHECK)
+            now = time.monotonic()
+            self.store.expire(now)
+            if len(self.table) == 0 and self.bootstrap_nodes:
+                await self.bootstrap()
+            for target in self.table.stale_buckets(now):
+                await self._lookup(target, "find_node")
