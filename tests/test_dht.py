@@ -121,7 +121,7 @@ def test_sixty_node_network_lookups_converge():
                 assert await nodes[5 + i].announce(key, 40000 + i) > 0
             for i, key in enumerate(keys):
                 results = await asyncio.gather(*(n.get_peers(key) for n in nodes[::7]))
-                assert all(("127.0.0.1", 40000 + i) in r for r in results), results
+                assert all(("127.0.0.1", 40000 + i) in r for r in results), (i, results)
             assert sum(len(n.store) for n in nodes) <= 3 * K
         finally:
             await asyncio.gather(*(n.stop() for n in nodes))

@@ -17,7 +17,7 @@ from typing import Any
 
 from syncer.discovery.dht import krpc
 from syncer.discovery.dht.krpc import NodeInfo
-from syncer.discovery.dht.routing import K, RoutingTable, distance
+from syncer.discovery.dht.routing import REFRESH, K, RoutingTable, distance
 from syncer.discovery.dht.tokens import Tokens
 from syncer.discovery.peerstore import PeerEntry, PeerStore
 
@@ -190,6 +190,10 @@ class DhtNode(asyncio.DatagramProtocol):
             with contextlib.suppress(TimeoutError, krpc.KrpcError, OSError):
                 await self.query(addr, "find_node", {"target": self.id})
         await self._lookup(self.id, "find_node")
+        # then fill the far buckets too: a table that only knows our own neighbourhood makes
+        # lookups for distant keys get stuck there
+        for target in self.table.stale_buckets(time.monotonic() + REFRESH):
+            await self._lookup(target, "find_node")
         return len(self.table)
 
     async def _lookup(self, target: bytes, method: str) -> tuple[list[NodeInfo], dict[bytes, bytes], set[tuple[str, int]]]:
@@ -205,6 +209,7 @@ class DhtNode(asyncio.DatagramProtocol):
             try:
                 r = await self.query(n.addr, method, arg, n.id)
             except (TimeoutError, krpc.KrpcError, OSError):
+                shortlist.pop(n.id, None)  # a silent node must not hold a place among the k best
                 return
             responded[n.id] = n
             tok = r.get(b"token")
