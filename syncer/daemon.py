@@ -18,6 +18,7 @@ from syncer.api.server import ApiServer, load_or_create_token
 from syncer.config import Config, load_config
 from syncer.connections import ConnInfo, preferred
 from syncer.deviceid import DeviceId
+from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
 from syncer.identity import load_or_create
 from syncer.model.sync import SyncModel
@@ -87,6 +88,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.api: ApiServer | None = None
         self.model: SyncModel | None = None
+        self.discovery: DiscoveryService | None = None
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -124,9 +126,38 @@ class Daemon:
         log.info("control API on %s", address)
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
+        await self._start_discovery()
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
         await self.model.start()
         self._spawn(self._dial_loop())
+
+    def _listen_port(self) -> int:
+        for listener in self.listeners:
+            if listener.url.startswith("tcp://"):
+                return Address.parse(listener.url).port
+        return 0
+
+    async def _start_discovery(self) -> None:
+        port = self._listen_port()
+        if not port:
+            return
+        self.discovery = DiscoveryService(self.config, self.device_id, port, self._discovered_address)
+        try:
+            await self.discovery.start()
+        except (OSError, SyncerError) as e:
+            log.warning("discovery unavailable: %s", e)
+            self.discovery = None
+
+    def _discovered_address(self, device: DeviceId, address: str, source: str) -> None:
+        if self.config.device(device) is None:
+            return
+        known = self.discovered.setdefault(device, {})
+        if known.get(address) != source:
+            known[address] = source
+            log.info("found %s at %s via %s", device.short, address, source)
+            if device not in self.sessions:
+                self.backoff.setdefault(device, Backoff()).reset()
+                self._wake_dialer.set()
 
     async def _use_relay(self, url: str) -> None:
         """Stay registered at a relay (so peers reach us through it) and answer punches
@@ -158,6 +189,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.paths.api_address_file.unlink()
+        if self.discovery is not None:
+            await self.discovery.stop()
         for responder in self.responders:
             with contextlib.suppress(Exception):
                 await responder.close()
@@ -256,6 +289,8 @@ class Daemon:
     async def _dial_loop(self) -> None:
         while True:
             now = time.monotonic()
+            if self.discovery is not None:
+                self.discovery.set_wanted([d.device_id for d in self.config.devices if d.device_id not in self.sessions])
             for dev in self.config.devices:
                 device = dev.device_id
                 if device in self.dialing:
@@ -364,6 +399,10 @@ class Daemon:
                 await session.close("unpaired")
         if self.model is not None:
             await self.model.reload(cfg)
+        if self.discovery is not None:
+            await self.discovery.stop()
+            self.discovery = None
+        await self._start_discovery()
         for b in self.backoff.values():
             b.reset()
         self._wake_dialer.set()
