@@ -42,11 +42,12 @@ def tracker(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(6969, "--port"),
     interval: int = typer.Option(60, "--interval", help="re-announce interval given to clients (s)"),
+    rate: float = typer.Option(50.0, "--rate-per-ip", help="sustained requests/s allowed per source IP"),
 ) -> None:
     """Run a tracker (syncer JSON + BitTorrent HTTP tracker) until SIGTERM."""
     from syncer.discovery.tracker_server import TrackerServer
 
-    server = TrackerServer(host, port, interval=interval)
+    server = TrackerServer(host, port, interval=interval, rate=rate, burst=max(200.0, rate * 4))
     _serve(server.start, server.stop)
 
 
