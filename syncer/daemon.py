@@ -412,6 +412,11 @@ class Daemon:
             raise DaemonError("the daemon is still starting")
         return await self.model.scan(folder)
 
+    async def resume(self, folder: str) -> dict[str, Any]:
+        if self.model is None:
+            raise DaemonError("the daemon is still starting")
+        return await self.model.resume(folder)
+
     def shutdown(self) -> None:
         self._stop.set()
 

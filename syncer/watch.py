@@ -1,8 +1,8 @@
 """Noticing changes: watchdog events, debounced and aggregated, plus a jittered full rescan.
 
 The watchdog observer thread hands raw paths to the asyncio loop; the pure `Aggregator` decides
-when a batch is due (after `delay` of quiet for a path, but no later than `max_delay` after its
-first event, so a file written continuously is still scanned). Time is an argument.
+when a batch is due (after `delay` of quiet in the folder, but no later than `max_delay` after
+the batch's first event, so a file written continuously is still scanned). Time is an argument.
 """
 
 from __future__ import annotations
@@ -22,30 +22,38 @@ JITTER = 0.1
 
 
 class Aggregator:
+    """Debounces a folder's events as a whole: a batch of every changed path is due once the
+    folder has been quiet for `delay`, or `max_delay` after the batch's first event, so a burst
+    (a big copy, a delete of many files) is scanned as one batch and a file written without pause
+    still gets scanned."""
+
     def __init__(self, delay: float = DEFAULT_DELAY, max_delay: float | None = None) -> None:
         self.delay = delay
         self.max_delay = max(delay, max_delay if max_delay is not None else max(1.0, delay * MAX_DELAY_FACTOR))
-        self._first: dict[str, float] = {}
-        self._last: dict[str, float] = {}
+        self._paths: set[str] = set()
+        self._first = 0.0
+        self._last = 0.0
 
     def add(self, path: str, now: float) -> None:
-        self._first.setdefault(path, now)
-        self._last[path] = now
-
-    def _due_at(self, path: str) -> float:
-        return min(self._last[path] + self.delay, self._first[path] + self.max_delay)
-
-    def due(self, now: float) -> set[str]:
-        ready = {p for p in self._last if self._due_at(p) <= now}
-        for p in ready:
-            del self._first[p], self._last[p]
-        return ready
+        if not self._paths:
+            self._first = now
+        self._paths.add(path)
+        self._last = now
 
     def next_deadline(self) -> float | None:
-        return min((self._due_at(p) for p in self._last), default=None)
+        if not self._paths:
+            return None
+        return min(self._last + self.delay, self._first + self.max_delay)
+
+    def due(self, now: float) -> set[str]:
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return set()
+        batch, self._paths = self._paths, set()
+        return batch
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self._paths)
 
 
 class RescanSchedule:

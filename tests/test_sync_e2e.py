@@ -218,3 +218,26 @@ def test_swarm_receivers_feed_each_other(tmp_path):
         # 4 receivers x 64 MiB in 256 KiB blocks = 1024 blocks fetched in all
         assert from_seed + from_peers >= 1000
         assert from_peers > 0.25 * (from_seed + from_peers), (from_seed, from_peers)
+
+
+def test_mass_delete_pauses_folder_until_confirmed(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        da.mkdir()
+        for i in range(20):
+            (da / f"f{i:02d}.txt").write_text(str(i))
+        share(a, da, FID)
+        share(b, db_, FID)
+        a.start()
+        b.start()
+        pair_all([a, b])
+        wait_same(da, db_)
+        for i in range(15):
+            (da / f"f{i:02d}.txt").unlink()
+        a.syncer("scan", FID, check=True)
+        st = wait_until(lambda: (s := folder_status(a, FID))["state"] == "paused" and s, what="a paused")
+        assert "would delete 15 of 20" in st["error"]
+        assert len([n for n in tree(db_) if n.startswith("f")]) == 20  # nothing announced
+        a.syncer("resume", FID, check=True)
+        wait_same(da, db_, what="deletions synced after confirmation")
+        assert len([n for n in tree(db_) if n.startswith("f")]) == 5

@@ -64,3 +64,11 @@ def test_real_watcher_reports_changes(tmp_path):
 
     got = asyncio.run(main())
     assert "new.txt" in got and not any(".tmp" in p for p in got)
+
+
+def test_aggregator_batches_a_burst_as_one():
+    a = Aggregator(delay=0.1, max_delay=1.0)
+    for i in range(15):
+        a.add(f"f{i}", i * 0.02)  # a delete loop spread over 0.3 s
+    assert a.due(0.35) == set()
+    assert len(a.due(0.39)) == 15

@@ -28,6 +28,7 @@ class Control(Protocol):
     def folders(self) -> list[dict[str, Any]]: ...
     async def reload(self) -> None: ...
     async def scan(self, folder: str | None) -> dict[str, Any]: ...
+    async def resume(self, folder: str) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
 
 
@@ -82,6 +83,9 @@ def make_app(control: Control, token: str) -> web.Application:
     async def scan(request: web.Request) -> web.Response:
         return web.json_response(await control.scan(request.query.get("folder")))
 
+    async def resume(request: web.Request) -> web.Response:
+        return web.json_response(await control.resume(request.query.get("folder", "")))
+
     async def shutdown(_: web.Request) -> web.Response:
         control.shutdown()
         return web.json_response({"ok": True})
@@ -96,6 +100,7 @@ def make_app(control: Control, token: str) -> web.Application:
             web.get("/rest/folders", folders),
             web.post("/rest/reload", reload),
             web.post("/rest/scan", scan),
+            web.post("/rest/resume", resume),
             web.post("/rest/shutdown", shutdown),
         ]
     )

@@ -138,6 +138,16 @@ def scan(folder: str = typer.Argument("", help="folder id (default: all)"), json
 
 
 @app.command()
+def resume(folder: str = typer.Argument(..., help="folder id")) -> None:
+    """Confirm that the many deletions found in a paused folder are wanted, and sync them."""
+    p = common.paths()
+    if common.config().folder(folder) is None:
+        raise FolderError(f"no folder with id {folder!r}")
+    r = client.call(p, "POST", f"/rest/resume?folder={folder}", timeout=3600)
+    typer.echo(f"{folder}: resumed, {r.get('deleted', 0)} deletions recorded")
+
+
+@app.command()
 def manifest(
     file: Path = typer.Argument(..., help="the file to describe"),
     output: Path = typer.Option(None, "-o", "--output", help="write here instead of stdout"),

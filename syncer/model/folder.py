@@ -31,6 +31,7 @@ from syncer.model import safe_write
 from syncer.model.convert import from_wire, to_wire
 from syncer.model.globalstate import Need, global_version, need
 from syncer.model.validate import bad_file
+from syncer.scan.scanner import MassDelete
 from syncer.transfer.picker import BlockRef, Picker
 from syncer.wire import (
     ERR_NO_SUCH_BLOCK,
@@ -105,6 +106,7 @@ class FolderRuntime:
     stats: dict[DeviceId, PeerStats] = field(default_factory=dict)
     state: str = "starting"
     error: str = ""
+    confirm_mass_delete: bool = False
 
     def __post_init__(self) -> None:
         self.id = self.cfg.id
@@ -177,20 +179,25 @@ class FolderRuntime:
 
             if paths is None or ".syncerignore" in paths:
                 self.scanner.ignore = Ignore.load(self.root)
-            return self.scanner.scan(paths)
+            return self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete)
 
         prev = self.state
         if self.state in ("idle", "starting"):
             self.state = "scanning"
         try:
             result = await self.run_in_worker(do_scan)
+        except MassDelete as e:
+            self.state, self.error = "paused", str(e)
+            log.error("folder %s: %s", self.id, e)
+            return {"folder": self.id, "state": self.state, "error": self.error}
         except FolderError as e:
             self.state, self.error = "stopped", str(e)
             log.error("folder %s: %s", self.id, e)
             return {"folder": self.id, "state": self.state, "error": self.error}
+        self.confirm_mass_delete = False
         if self.state == "scanning":
             self.state = prev if prev != "starting" else "idle"
-        if self.state == "stopped":
+        if self.state in ("stopped", "paused"):
             self.state, self.error = "idle", ""
         changed = list(result.changed) + list(result.deleted)
         for f in changed:
@@ -219,6 +226,7 @@ class FolderRuntime:
         while True:
             batch = await self.watcher.next_batch()
             batch = {p for p in batch if not safe_write.is_temp_name(p)}
+            log.debug("folder %s: watcher reports %d changed paths", self.id, len(batch))
             if batch:
                 await self.scan(batch)
 
@@ -377,7 +385,7 @@ class FolderRuntime:
                 self._stopped()
                 log.error("folder %s: %s", self.id, self.error)
                 continue
-            if self.cfg.paused:
+            if self.cfg.paused or self.state == "paused":
                 continue
             try:
                 await self._pull_round()

@@ -430,12 +430,26 @@ class SyncModel:
         return [f.status() for f in self.folders.values()]
 
     async def scan(self, folder: str | None) -> dict[str, Any]:
-        targets = [self.folders[folder]] if folder else list(self.folders.values())
         if folder and folder not in self.folders:
-            from syncer.errors import FolderError
-
-            raise FolderError(f"no folder with id {folder!r}")
+            raise _no_folder(folder)
+        targets = [self.folders[folder]] if folder else list(self.folders.values())
         return {"scanned": [await f.scan(None) for f in targets]}
+
+    async def resume(self, folder: str) -> dict[str, Any]:
+        """Confirm the deletions a paused folder's scan found, and go on syncing."""
+        f = self.folders.get(folder)
+        if f is None:
+            raise _no_folder(folder)
+        f.confirm_mass_delete = True
+        result = await f.scan(None)
+        f.wake.set()
+        return result
+
+
+def _no_folder(folder: str) -> Exception:
+    from syncer.errors import FolderError
+
+    return FolderError(f"no folder with id {folder!r}")
 
 
 def pipeline_bytes(rate: float) -> int:

@@ -57,6 +57,17 @@ class FileChanged(Exception):
     pass
 
 
+MASS_DELETE_MIN = 10  # below this many deletions a scan is never held back
+
+
+class MassDelete(FolderError):
+    """A scan would delete more than half of the folder; nothing was recorded."""
+
+    def __init__(self, deleting: int, total: int) -> None:
+        super().__init__(f"a scan would delete {deleting} of {total} files; folder paused until confirmed (`syncer resume FOLDER`)")
+        self.deleting, self.total = deleting, total
+
+
 def hash_range(path: str, offset: int, length: int, bs: int, expect: tuple[int, int]) -> list[bytes]:
     """SHA-256 of each block in [offset, offset+length); raises FileChanged if size/mtime moved."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -179,7 +190,7 @@ class Scanner:
         return out, scope
 
     # --- scanning ------------------------------------------------------------------
-    def scan(self, paths: Iterable[str] | None = None, progress: Progress | None = None) -> ScanResult:
+    def scan(self, paths: Iterable[str] | None = None, progress: Progress | None = None, allow_mass_delete: bool = True) -> ScanResult:
         if not (self.root / MARKER).is_dir():
             raise FolderError(f"folder marker {self.root / MARKER} missing: folder stopped")
         result = ScanResult()
@@ -215,6 +226,9 @@ class Scanner:
             for name, row in state.items()
             if not row[5] and name not in seen and _in_scope(name, scope) and not self.ignore.ignored(name, row[0] == FileType.DIRECTORY)
         ]
+        live = sum(1 for row in state.values() if not row[5])
+        if not allow_mass_delete and len(gone) >= MASS_DELETE_MIN and len(gone) * 2 > live:
+            raise MassDelete(len(gone), live)
         olds = self.db.get_many(self.folder_id, LOCAL, [e.name for e in dirty] + [e.name for e, _ in hashed] + gone)
 
         changed: list[FileInfo] = []
