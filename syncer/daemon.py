@@ -350,6 +350,8 @@ class Daemon:
             "address": info.address if info else None,
             "since": info.since if info else None,
             "addresses": [{"address": a, "source": src} for a, src in self.addresses_of(device)],
+            "wire_bytes_in": s.conn.bytes_in if s else 0,
+            "wire_bytes_out": s.conn.bytes_out if s else 0,
             "down_rate": s.down_rate() if s else 0.0,
             "up_rate": s.up_rate() if s else 0.0,
             "folders": self._transfer_stats(device),

@@ -1,0 +1,85 @@
+"""syncer side of the sync benchmark: real daemons on loopback (via the test harness)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tests.daemons import Node, pair_all, wait_until
+from tests.syncfix import folder_status, share
+
+FID = "bench"
+POLL = 0.02
+
+
+def _nodes(root: Path, names: list[str]) -> list[Node]:
+    return [Node(root, n) for n in names]
+
+
+def initial_sync(root: Path, src: Path, receivers: int = 1, timeout: float = 900) -> tuple[float, list[Node]]:
+    """Time from pairing (daemons already running, seed scanned) until every receiver has it all."""
+    nodes = _nodes(root, ["seed"] + [f"r{i}" for i in range(receivers)])
+    try:
+        share(nodes[0], src, FID)
+        for n in nodes[1:]:
+            share(n, root / f"dst-{n.name}", FID)
+        for n in nodes:
+            n.start()
+        want = folder_status(nodes[0], FID)["local_bytes"]
+        files = folder_status(nodes[0], FID)["local_files"]
+        t = time.perf_counter()
+        pair_all(nodes)
+
+        def done() -> bool:
+            for n in nodes[1:]:
+                st = folder_status(n, FID)
+                if st["local_files"] < files or st["local_bytes"] < want or st["need_files"]:
+                    return False
+            return True
+
+        wait_until(done, timeout, "initial sync")
+        return time.perf_counter() - t, nodes
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+
+
+def stop_all(nodes: list[Node]) -> None:
+    for n in nodes:
+        n.stop()
+
+
+def edit_latency(nodes: list[Node], src: Path, edits: int = 10) -> list[float]:
+    dst = nodes[1].home.parent / f"dst-{nodes[1].name}"
+    out = []
+    for _ in range(edits):
+        content = os.urandom(4096)
+        t = time.perf_counter()
+        (src / "edit.bin").write_bytes(content)
+        deadline = t + 60
+        while time.perf_counter() < deadline:
+            try:
+                if (dst / "edit.bin").read_bytes() == content:
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.005)
+        out.append(time.perf_counter() - t)
+        time.sleep(0.3)  # let both sides settle between edits (not part of the measurement)
+    return out
+
+
+def append_sync(nodes: list[Node], src: Path, name: str) -> tuple[float, int]:
+    dst = nodes[1].home.parent / f"dst-{nodes[1].name}"
+    a, b = nodes
+    before = b.device(a)["wire_bytes_in"] + a.device(b)["wire_bytes_in"]
+    with open(src / name, "ab") as f:
+        f.write(os.urandom(1 << 20))
+    want = (src / name).stat().st_size
+    t = time.perf_counter()
+    wait_until(lambda: (dst / name).stat().st_size == want and folder_status(b, FID)["need_files"] == 0, 120, "append")
+    dt = time.perf_counter() - t
+    after = b.device(a)["wire_bytes_in"] + a.device(b)["wire_bytes_in"]
+    return dt, after - before

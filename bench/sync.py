@@ -1,0 +1,231 @@
+"""Sync benchmarks W1-W5, syncer against rsync and Syncthing on the same data in the same run.
+
+python -m bench.sync [--quick] [--only W1,W2,...]
+
+W1 initial sync of 4 x 256 MiB; W2 10,000 x 4 KiB files; W3 latency of a 4 KiB edit (p50/p95 of
+10); W4 append 1 MiB to a synced 256 MiB file (time, bytes on the wire); W5 1 seed -> 7
+receivers of 256 MiB vs 1 -> 1. Loopback only; data under $BENCH_DIR or a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench import _sync_others as others
+from bench import _sync_syncer as sy
+
+MiB = 1 << 20
+
+
+def make_big(d: Path, n: int, size: int) -> int:
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        with open(d / f"f{i}.bin", "wb") as f:
+            left = size
+            while left:
+                chunk = os.urandom(min(left, 16 * MiB))
+                f.write(chunk)
+                left -= len(chunk)
+    return n * size
+
+
+def make_small(d: Path, n: int, size: int) -> int:
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sub = d / f"d{i // 1000:02d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"s{i:05d}.bin").write_bytes(os.urandom(size))
+    return n
+
+
+def digest(d: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(d.rglob("*")):
+        if p.is_file() and ".syncer" not in p.parts and ".stfolder" not in p.parts:
+            out[str(p.relative_to(d))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+# --- syncthing helpers -------------------------------------------------------------------------
+def syncthing_pair(root: Path, src: Path, dst: Path, delay: int = 1) -> tuple[others.Syncthing, others.Syncthing]:
+    a = others.Syncthing(root / "st-a", "a", delay)
+    b = others.Syncthing(root / "st-b", "b", delay)
+    a.configure(b, src)
+    b.configure(a, dst)
+    return a, b
+
+
+def st_wait(b: others.Syncthing, files: int, nbytes: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            s = b.status()
+            if s["needFiles"] == 0 and s["localFiles"] >= files and s["localBytes"] >= nbytes and s["state"] == "idle":
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("syncthing did not finish")
+
+
+def st_initial(root: Path, src: Path, files: int, nbytes: int, timeout: float) -> tuple[float, others.Syncthing, others.Syncthing]:
+    dst = root / "st-dst"
+    a, b = syncthing_pair(root, src, dst)
+    a.start()
+    deadline = time.monotonic() + timeout
+    while a.status()["state"] != "idle" or a.status()["localFiles"] < files:
+        if time.monotonic() > deadline:
+            raise TimeoutError("syncthing scan")
+        time.sleep(0.05)
+    t = time.perf_counter()
+    b.start()
+    st_wait(b, files, nbytes, timeout)
+    return time.perf_counter() - t, a, b
+
+
+def edit_poll(src: Path, dst: Path, edits: int) -> list[float]:
+    out = []
+    for _ in range(edits):
+        content = os.urandom(4096)
+        t = time.perf_counter()
+        (src / "edit.bin").write_bytes(content)
+        deadline = t + 60
+        while time.perf_counter() < deadline:
+            try:
+                if (dst / "edit.bin").read_bytes() == content:
+                    break
+            except (FileNotFoundError, PermissionError):
+                pass
+            time.sleep(0.005)
+        out.append(time.perf_counter() - t)
+        time.sleep(0.3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="W1,W2,W3,W4,W5")
+    ap.add_argument("--no-syncthing", action="store_true")
+    args = ap.parse_args()
+    only = set(args.only.upper().split(","))
+    big = (16 if args.quick else 256) * MiB
+    n_small = 1000 if args.quick else 10_000
+    base = Path(os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="syncer-bench-sync-"))
+    use_st = others.syncthing_available() and not args.no_syncthing
+    rows: list[tuple[str, str, str, str, str]] = []
+    try:
+        if only & {"W1", "W3", "W4"}:
+            src = base / "w1-src"
+            total = make_big(src, 4, big)
+            # syncer
+            root = base / "w1-syncer"
+            dt, nodes = sy.initial_sync(root, src)
+            try:
+                assert digest(src) == digest(root / "dst-r0")
+                w1 = total / dt / 1e6
+                lat = sy.edit_latency(nodes, src) if "W3" in only else []
+                w4t, w4b = sy.append_sync(nodes, src, "f0.bin") if "W4" in only else (0.0, 0)
+            finally:
+                sy.stop_all(nodes)
+            # rsync
+            src2 = base / "w1-src-rs"
+            shutil.copytree(src, src2)
+            rs = others.RsyncDaemon(base, src2)
+            try:
+                t, _ = rs.pull(base / "w1-rsync")
+                rs_w1 = total / t / 1e6
+                (src2 / "edit.bin").write_bytes(os.urandom(4096))
+                rs_w3, _ = rs.pull(base / "w1-rsync")
+                with open(src2 / "f0.bin", "ab") as f:
+                    f.write(os.urandom(MiB))
+                rs_w4t, rs_w4b = rs.pull(base / "w1-rsync")
+            finally:
+                rs.stop()
+            st_w1 = st_lat = None
+            st_w4 = (0.0, 0)
+            if use_st:
+                src3 = base / "w1-src-st"
+                shutil.copytree(src, src3, ignore=shutil.ignore_patterns(".syncer"))
+                t, a, b = st_initial(base / "w1-st", src3, 4, total, 900)
+                try:
+                    st_w1 = total / t / 1e6
+                    st_lat = edit_poll(src3, base / "w1-st" / "st-dst", 10) if "W3" in only else []
+                    before = b.bytes_in_total()
+                    with open(src3 / "f0.bin", "ab") as f:
+                        f.write(os.urandom(MiB))
+                    t0 = time.perf_counter()
+                    want = (src3 / "f0.bin").stat().st_size
+                    dstf = base / "w1-st" / "st-dst" / "f0.bin"
+                    deadline = time.monotonic() + 120
+                    while time.monotonic() < deadline:
+                        try:
+                            if dstf.stat().st_size == want and not b.status()["needFiles"]:
+                                break
+                        except FileNotFoundError:
+                            pass  # being replaced
+                        time.sleep(0.01)
+                    st_w4 = (time.perf_counter() - t0, b.bytes_in_total() - before)
+                finally:
+                    a.stop()
+                    b.stop()
+            rows.append((f"W1 initial sync 4 x {big // MiB} MiB (MB/s)", f"{w1:.0f}", f"{rs_w1:.0f}", f"{st_w1:.0f}" if st_w1 else "-", ">= 1.5x Syncthing"))
+            if lat:
+                rows.append(("W3 4 KiB edit latency p50 / p95 (s)", f"{statistics.median(lat):.2f} / {pct(lat, .95):.2f}",
+                             f"{rs_w3:.2f} (one run, no watcher)", f"{statistics.median(st_lat):.2f} / {pct(st_lat, .95):.2f} (fsWatcherDelayS=1)" if st_lat else "-", "p50 <= 1 s"))
+            if w4t:
+                rows.append(("W4 append 1 MiB to 256 MiB: time (s), wire", f"{w4t:.2f}, {w4b / MiB:.2f} MiB", f"{rs_w4t:.2f}, {rs_w4b / MiB:.2f} MiB",
+                             f"{st_w4[0]:.2f}, {st_w4[1] / MiB:.2f} MiB" if use_st else "-", "<= 2 MiB on the wire"))
+        if "W2" in only:
+            src = base / "w2-src"
+            make_small(src, n_small, 4096)
+            dt, nodes = sy.initial_sync(base / "w2-syncer", src)
+            sy.stop_all(nodes)
+            assert digest(src) == digest(base / "w2-syncer" / "dst-r0")
+            w2 = n_small / dt
+            src2 = base / "w2-src-rs"
+            shutil.copytree(src, src2, ignore=shutil.ignore_patterns(".syncer"))
+            rs = others.RsyncDaemon(base, src2)
+            try:
+                t, _ = rs.pull(base / "w2-rsync")
+            finally:
+                rs.stop()
+            st_w2 = None
+            if use_st:
+                src3 = base / "w2-src-st"
+                shutil.copytree(src, src3, ignore=shutil.ignore_patterns(".syncer"))
+                tt, a, b = st_initial(base / "w2-st", src3, n_small, n_small * 4096, 900)
+                a.stop()
+                b.stop()
+                st_w2 = n_small / tt
+            rows.append((f"W2 initial sync {n_small} x 4 KiB (files/s)", f"{w2:.0f}", f"{n_small / t:.0f}", f"{st_w2:.0f}" if st_w2 else "-", ">= 2x Syncthing"))
+        if "W5" in only:
+            src = base / "w5-src"
+            make_big(src, 1, big)
+            t1, nodes = sy.initial_sync(base / "w5-1to1", src, receivers=1)
+            sy.stop_all(nodes)
+            t7, nodes = sy.initial_sync(base / "w5-1to7", src, receivers=7)
+            sy.stop_all(nodes)
+            rows.append((f"W5 1 -> 7 receivers of {big // MiB} MiB vs 1 -> 1 (s)", f"{t7:.1f} vs {t1:.1f} = {t7 / t1:.2f}x", "-", "-", "<= 2.5x"))
+    finally:
+        if not os.environ.get("BENCH_DIR"):
+            shutil.rmtree(base, ignore_errors=True)
+    w = [max(len(r[i]) for r in rows + [("workload", "syncer", "rsync", "Syncthing 1.19", "goal")]) for i in range(5)]
+    for r in [("workload", "syncer", "rsync", "Syncthing 1.19", "goal")] + rows:
+        print(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+
+
+if __name__ == "__main__":
+    main()
