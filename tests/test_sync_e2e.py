@@ -241,3 +241,22 @@ def test_mass_delete_pauses_folder_until_confirmed(tmp_path):
         a.syncer("resume", FID, check=True)
         wait_same(da, db_, what="deletions synced after confirmation")
         assert len([n for n in tree(db_) if n.startswith("f")]) == 5
+
+
+def test_pulling_stops_before_the_disk_is_full(tmp_path):
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        da.mkdir()
+        (da / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+        share(a, da, FID)
+        share(b, db_, FID)
+        # reserve more free space than any disk has: b must refuse to pull, loudly
+        b.syncer("config", "set", "limits.min_free_disk_mb", str(1 << 40), check=True)
+        a.start()
+        b.start()
+        pair_all([a, b])
+        st = wait_until(lambda: (s := folder_status(b, FID))["state"] == "error" and s, what="b refuses to pull")
+        assert "free disk space" in st["error"] and st["need_files"] == 1
+        assert not (db_ / "big.bin").exists() and not (db_ / ".syncer.big.bin.tmp").exists()
+        b.syncer("config", "set", "limits.min_free_disk_mb", "1", check=True)
+        wait_same(da, db_, what="sync once space is available")
