@@ -26,6 +26,8 @@ from syncer.model.folder import (
     PendingRequest,
 )
 from syncer.pending import PendingStore
+from syncer.transfer.choker import RECHOKE_INTERVAL, Choker
+from syncer.transfer.choker import PeerStats as ChokeStats
 from syncer.transfer.picker import BlockRef
 from syncer.transfer.ratelimit import TokenBucket
 from syncer.wire import (
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 HASH_IN_THREAD = 64 << 10  # blocks at least this big are verified off the event loop
 MIN_PIPELINE_BYTES = 4 << 20
+INTEREST_WINDOW = 30.0
 PIPELINE_SECONDS = 1.0
 
 
@@ -74,7 +77,12 @@ class SyncModel:
         self.requests: dict[tuple[DeviceId, int], PendingRequest] = {}
         self.by_ref: dict[tuple[DeviceId, str, BlockRef], int] = {}
         self.inflight: dict[DeviceId, list[int]] = {}  # device -> [requests, bytes]
-        self.choked_by: set[DeviceId] = set()
+        self.choked_by: set[DeviceId] = set()  # peers that choke us
+        self.choking: set[DeviceId] = set()  # peers we choke
+        self.last_request: dict[DeviceId, float] = {}
+        self.connected_at: dict[DeviceId, float] = {}
+        self.choker = Choker()
+        self._choke_task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._local = threading.local()
         self.hasher = ThreadPoolExecutor(2, thread_name_prefix="verify")
@@ -109,6 +117,33 @@ class SyncModel:
     async def start(self) -> None:
         for cfg in self.config.folders:
             await self._start_folder(cfg)
+        self._choke_task = asyncio.ensure_future(self._choke_loop())
+
+    async def _choke_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECHOKE_INTERVAL)
+            self.rechoke(time.monotonic())
+
+    def rechoke(self, now: float) -> None:
+        """Tit-for-tat among connected devices, unless uploads to own devices are unlimited."""
+        unlimited = bool(self.config.get("transfer.unlimited_own_devices"))
+        stats = {
+            dev: ChokeStats(
+                interested=now - self.last_request.get(dev, float("-inf")) < INTEREST_WINDOW,
+                download_rate=s.down_rate(),
+                upload_rate=s.up_rate(),
+                unlimited=unlimited,
+                connected_at=self.connected_at.get(dev, now),
+            )
+            for dev, s in self.sessions.items()
+        }
+        seeding = not any(f.needed for f in self.folders.values())
+        unchoked = self.choker.rank(stats, now, seeding=seeding).unchoked
+        for dev, session in list(self.sessions.items()):
+            choke = dev not in unchoked
+            if choke != (dev in self.choking):
+                (self.choking.add if choke else self.choking.discard)(dev)
+                self._enqueue(session, [Choke() if choke else Unchoke()])
 
     async def _start_folder(self, cfg: FolderConfig) -> None:
         f = FolderRuntime(self, cfg)
@@ -139,6 +174,8 @@ class SyncModel:
                 await self._send_cluster_config(session)
 
     async def stop(self) -> None:
+        if self._choke_task is not None:
+            self._choke_task.cancel()
         for f in list(self.folders.values()):
             await f.stop()
         self.hasher.shutdown(wait=False, cancel_futures=True)
@@ -165,6 +202,7 @@ class SyncModel:
     async def on_connected(self, session: PeerSession) -> None:
         self.sessions[session.device] = session
         self.inflight[session.device] = [0, 0]
+        self.connected_at[session.device] = time.monotonic()
         await self._send_cluster_config(session)
 
     def on_disconnected(self, session: PeerSession) -> None:
@@ -175,6 +213,8 @@ class SyncModel:
             f.peer_gone(session.device)
         self.inflight.pop(session.device, None)
         self.choked_by.discard(session.device)
+        self.choking.discard(session.device)
+        self.last_request.pop(session.device, None)
 
     async def _send_cluster_config(self, session: PeerSession) -> None:
         dev = session.device
@@ -226,8 +266,8 @@ class SyncModel:
             self.choked_by.discard(dev)
             for f in self.folders.values():
                 self.schedule(f)
-        # Cancel needs nothing: answers are sent as soon as a request is read; Interested and
-        # NotInterested feed the choker, which only matters when uploads are limited.
+        # Cancel needs nothing: answers are sent as soon as a request is read. Interest is taken
+        # from requests themselves (a peer that asked for blocks recently is interested).
 
     def _shared_folder(self, folder_id: str, dev: DeviceId) -> FolderRuntime | None:
         f = self.folders.get(folder_id)
@@ -406,9 +446,13 @@ class SyncModel:
 
     async def _on_request(self, session: PeerSession, req: Request) -> None:
         dev = session.device
+        self.last_request[dev] = time.monotonic()
         folder = self._shared_folder(req.folder, dev)
         if folder is None:
             await session.send(PieceError(req.id, ERR_NO_SUCH_FILE))
+            return
+        if dev in self.choking:
+            await session.send(PieceError(req.id, ERR_CHOKED))
             return
         if req.size > 1 << 20:
             result = await asyncio.get_running_loop().run_in_executor(self.hasher, folder.read_block, req)
