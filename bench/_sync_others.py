@@ -157,5 +157,25 @@ class Syncthing:
             self.proc = None
 
 
+def edit_poll(src: Path, dst: Path, edits: int) -> list[float]:
+    """Seconds until each of `edits` 4 KiB rewrites of src/edit.bin shows up in dst (polled)."""
+    out = []
+    for _ in range(edits):
+        content = os.urandom(4096)
+        t = time.perf_counter()
+        (src / "edit.bin").write_bytes(content)
+        deadline = t + 60
+        while time.perf_counter() < deadline:
+            try:
+                if (dst / "edit.bin").read_bytes() == content:
+                    break
+            except (FileNotFoundError, PermissionError):
+                pass
+            time.sleep(0.005)
+        out.append(time.perf_counter() - t)
+        time.sleep(0.3)  # let both sides settle between edits (not part of the measurement)
+    return out
+
+
 def syncthing_available() -> bool:
     return shutil.which("syncthing") is not None

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from bench._sync_others import edit_poll
 from tests.daemons import Node, pair_all, wait_until
 from tests.syncfix import folder_status, share
 
@@ -52,23 +53,7 @@ def stop_all(nodes: list[Node]) -> None:
 
 
 def edit_latency(nodes: list[Node], src: Path, edits: int = 10) -> list[float]:
-    dst = nodes[1].home.parent / f"dst-{nodes[1].name}"
-    out = []
-    for _ in range(edits):
-        content = os.urandom(4096)
-        t = time.perf_counter()
-        (src / "edit.bin").write_bytes(content)
-        deadline = t + 60
-        while time.perf_counter() < deadline:
-            try:
-                if (dst / "edit.bin").read_bytes() == content:
-                    break
-            except FileNotFoundError:
-                pass
-            time.sleep(0.005)
-        out.append(time.perf_counter() - t)
-        time.sleep(0.3)  # let both sides settle between edits (not part of the measurement)
-    return out
+    return edit_poll(src, nodes[1].home.parent / f"dst-{nodes[1].name}", edits)
 
 
 def append_sync(nodes: list[Node], src: Path, name: str) -> tuple[float, int]:

@@ -95,25 +95,6 @@ def st_initial(root: Path, src: Path, files: int, nbytes: int, timeout: float) -
     return time.perf_counter() - t, a, b
 
 
-def edit_poll(src: Path, dst: Path, edits: int) -> list[float]:
-    out = []
-    for _ in range(edits):
-        content = os.urandom(4096)
-        t = time.perf_counter()
-        (src / "edit.bin").write_bytes(content)
-        deadline = t + 60
-        while time.perf_counter() < deadline:
-            try:
-                if (dst / "edit.bin").read_bytes() == content:
-                    break
-            except (FileNotFoundError, PermissionError):
-                pass
-            time.sleep(0.005)
-        out.append(time.perf_counter() - t)
-        time.sleep(0.3)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -126,6 +107,13 @@ def main() -> None:
     base = Path(os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="syncer-bench-sync-"))
     use_st = others.syncthing_available() and not args.no_syncthing
     rows: list[tuple[str, str, str, str, str]] = []
+
+    class Rows(list):  # print each result as soon as it is measured
+        def append(self, row):  # type: ignore[override]
+            print("RESULT", " | ".join(row), flush=True)
+            super().append(row)
+
+    rows = Rows()
     try:
         if only & {"W1", "W3", "W4"}:
             src = base / "w1-src"
@@ -134,7 +122,8 @@ def main() -> None:
             root = base / "w1-syncer"
             dt, nodes = sy.initial_sync(root, src)
             try:
-                assert digest(src) == digest(root / "dst-r0")
+                mismatch = set(digest(src).items()) ^ set(digest(root / "dst-r0").items())
+                assert not mismatch, f"W1: receiver differs from source: {sorted(mismatch)[:5]}"
                 w1 = total / dt / 1e6
                 lat = sy.edit_latency(nodes, src) if "W3" in only else []
                 w4t, w4b = sy.append_sync(nodes, src, "f0.bin") if "W4" in only else (0.0, 0)
@@ -162,7 +151,7 @@ def main() -> None:
                 t, a, b = st_initial(base / "w1-st", src3, 4, total, 900)
                 try:
                     st_w1 = total / t / 1e6
-                    st_lat = edit_poll(src3, base / "w1-st" / "st-dst", 10) if "W3" in only else []
+                    st_lat = others.edit_poll(src3, base / "w1-st" / "st-dst", 10) if "W3" in only else []
                     before = b.bytes_in_total()
                     with open(src3 / "f0.bin", "ab") as f:
                         f.write(os.urandom(MiB))
@@ -193,7 +182,8 @@ def main() -> None:
             make_small(src, n_small, 4096)
             dt, nodes = sy.initial_sync(base / "w2-syncer", src)
             sy.stop_all(nodes)
-            assert digest(src) == digest(base / "w2-syncer" / "dst-r0")
+            mismatch = set(digest(src).items()) ^ set(digest(base / "w2-syncer" / "dst-r0").items())
+            assert not mismatch, f"W2: receiver differs from source: {sorted(mismatch)[:5]}"
             w2 = n_small / dt
             src2 = base / "w2-src-rs"
             shutil.copytree(src, src2, ignore=shutil.ignore_patterns(".syncer"))

@@ -9,6 +9,8 @@ from pathlib import Path
 import pathspec
 
 IGNORE_FILE = ".syncerignore"
+# pathspec >= 1.0 calls git's exact semantics "gitignore" and deprecates "gitwildmatch"
+_STYLE = "gitignore" if "gitignore" in pathspec.util._registered_patterns else "gitwildmatch"
 JUNK = {".DS_Store", "Thumbs.db", "desktop.ini", ".Spotlight-V100", ".Trashes", "$RECYCLE.BIN"}
 
 
@@ -25,7 +27,7 @@ def always_ignored(name: str) -> bool:
 class Ignore:
     def __init__(self, patterns: list[str] | None = None) -> None:
         self.patterns = [p for p in (patterns or []) if p.strip() and not p.lstrip().startswith("#")]
-        self.spec = pathspec.PathSpec.from_lines("gitwildmatch", self.patterns) if self.patterns else None
+        self.spec = pathspec.PathSpec.from_lines(_STYLE, self.patterns) if self.patterns else None
 
     @classmethod
     def load(cls, root: Path) -> Ignore:

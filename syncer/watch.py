@@ -89,7 +89,10 @@ class FolderWatcher:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
                 for p in (event.src_path, getattr(event, "dest_path", "")):
-                    if p:
+                    # drop syncer's own temp files and .syncer/ here, in the watchdog thread:
+                    # a download writes its temp file block by block, and waking the event
+                    # loop for each of those writes is measurable
+                    if p and not watcher._own(os.fsdecode(p)):
                         watcher.loop.call_soon_threadsafe(watcher._raw, os.fsdecode(p))
 
         self._observer = Observer()
@@ -102,6 +105,14 @@ class FolderWatcher:
             self._observer.stop()
             self._observer.join(5)
             self._observer = None
+
+    def _own(self, path: str) -> bool:
+        base = os.path.basename(path)
+        if base.startswith(".syncer.") and base.endswith(".tmp"):
+            return True
+        rel = path[len(str(self.root)) :]
+        marker = os.sep + ".syncer"
+        return rel == marker or rel.startswith(marker + os.sep)
 
     def _raw(self, path: str) -> None:
         try:

@@ -4,7 +4,6 @@ listening on loopback with OS-chosen ports and discovery off unless a test turns
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -75,8 +74,15 @@ class Node:
         return (self.home / "api-address").exists() and self.status().get("running", True)
 
     def status(self) -> dict[str, Any]:
-        p = self.syncer("status", "--json")
-        return json.loads(p.stdout)
+        """The daemon's status through its control API (what `syncer status --json` prints;
+        the API is called directly so that polling does not start a Python process each time)."""
+        from syncer.api import client
+        from syncer.paths import get_paths
+
+        try:
+            return client.call(get_paths({"SYNCER_HOME": str(self.home)}), "GET", "/rest/status", timeout=30)
+        except client.NotRunning:
+            return {"running": False}
 
     def listen_url(self, scheme: str = "tcp") -> str:
         return next(u for u in self.status()["listen"] if u.startswith(scheme + "://"))

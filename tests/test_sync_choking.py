@@ -26,7 +26,7 @@ class FakeSession:
         return self.rate
 
     def up_rate(self) -> float:
-        return 0.0
+        return self.rate
 
     async def send(self, msg) -> None:
         self.sent.append(msg)
@@ -53,6 +53,8 @@ def run_rechoke(m: SyncModel, sessions: list[FakeSession], now: float) -> None:
 def test_tit_for_tat_when_uploads_are_limited(tmp_path):
     m = model(tmp_path, unlimited=False)
     sessions = [FakeSession(i, rate) for i, rate in enumerate([10, 500, 300, 400, 1, 2], start=1)]
+    # No folder needs anything here, so the model is seeding and ranks peers by how fast
+    # they take from us (up_rate); the optimistic slot goes to one of the three slow ones.
     run_rechoke(m, sessions, now=100.0)
     choked = {s.device for s in sessions if s.sent and isinstance(s.sent[-1], Choke)}
     assert len(choked) == 2 and m.choking == choked

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,15 @@ from tests.syncfix import folder_status, share, transfer, tree, wait_same
 
 pytestmark = pytest.mark.e2e
 FID = "photos-1234"
+
+
+def share_and_connect(a, b, da: Path, db_: Path) -> None:
+    """Both share FID (a's content in da), start, and pair with each other."""
+    share(a, da, FID)
+    share(b, db_, FID)
+    a.start()
+    b.start()
+    pair_all([a, b])
 
 
 def test_initial_sync_both_ways_then_edit_delete_rename(tmp_path):
@@ -28,11 +38,7 @@ def test_initial_sync_both_ways_then_edit_delete_rename(tmp_path):
         os.chmod(da / "hello.txt", 0o640)
         db_.mkdir()
         (db_ / "from-b.txt").write_text("hello from b")
-        share(a, da, FID)
-        share(b, db_, FID)
-        a.start()
-        b.start()
-        pair_all([a, b])
+        share_and_connect(a, b, da, db_)
         t = wait_same(da, db_, what="initial sync both ways")
         assert {"hello.txt", "from-b.txt", "sub/big.bin", "sub/deep/empty", "emptydir", "link"} <= set(t)
         assert t["link"] == ("link", "hello.txt")
@@ -66,11 +72,7 @@ def test_concurrent_edits_keep_both_as_conflict_copy(tmp_path):
         da, db_ = tmp_path / "A", tmp_path / "B"
         da.mkdir()
         (da / "doc.txt").write_text("v1")
-        share(a, da, FID)
-        share(b, db_, FID)
-        a.start()
-        b.start()
-        pair_all([a, b])
+        share_and_connect(a, b, da, db_)
         wait_same(da, db_)
         b.stop()
         (da / "doc.txt").write_text("edit on a")
@@ -99,11 +101,7 @@ def test_ignore_patterns_are_not_synced(tmp_path):
         (da / "noise.log").write_text("noise")
         (da / "build").mkdir()
         (da / "build" / "out.o").write_text("obj")
-        share(a, da, FID)
-        share(b, db_, FID)
-        a.start()
-        b.start()
-        pair_all([a, b])
+        share_and_connect(a, b, da, db_)
         wait_until(lambda: (db_ / "keep.txt").exists() and (db_ / ".syncerignore").exists(), what="sync")
         wait_until(lambda: folder_status(b, FID)["need_files"] == 0, what="b idle")
         assert not (db_ / "noise.log").exists() and not (db_ / "build").exists()
@@ -131,11 +129,7 @@ def test_marker_missing_stops_folder_instead_of_deleting(tmp_path):
         da.mkdir()
         for i in range(5):
             (da / f"f{i}").write_text(str(i))
-        share(a, da, FID)
-        share(b, db_, FID)
-        a.start()
-        b.start()
-        pair_all([a, b])
+        share_and_connect(a, b, da, db_)
         wait_same(da, db_)
         # simulate an unmounted disk: the whole folder content including the marker vanishes
         for p in da.iterdir():
@@ -226,11 +220,7 @@ def test_mass_delete_pauses_folder_until_confirmed(tmp_path):
         da.mkdir()
         for i in range(20):
             (da / f"f{i:02d}.txt").write_text(str(i))
-        share(a, da, FID)
-        share(b, db_, FID)
-        a.start()
-        b.start()
-        pair_all([a, b])
+        share_and_connect(a, b, da, db_)
         wait_same(da, db_)
         for i in range(15):
             (da / f"f{i:02d}.txt").unlink()

@@ -58,6 +58,7 @@ PEER_PIPELINE_REQUESTS = 512
 REQUEST_TIMEOUT = 60.0
 FINISH_BATCH = 500
 RETRY_DELAY = 5.0
+SERVING_FDS = 64
 
 
 @dataclass
@@ -76,6 +77,18 @@ class Job:
     fd: int
     have: set[int]
     vkey: tuple[tuple[int, int], ...]
+    writers: int = 0  # blocks being verified and written by the thread pool right now
+    closing: bool = False
+
+    def release_fd(self) -> None:
+        """Close the temp file, or have the last pending write close it: an fd closed under a
+        writer could be reused by another file and receive its bytes."""
+        if self.writers:
+            self.closing = True
+        elif self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
 
 @dataclass
@@ -118,6 +131,7 @@ class FolderRuntime:
         self.tasks: list[asyncio.Task[Any]] = []
         self.scanner: Any = None
         self.watcher: Any = None
+        self._serving: dict[str, int] = {}  # name -> open fd, least recently used first
 
     # --- worker thread ---------------------------------------------------------
     async def run_in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -163,9 +177,12 @@ class FolderRuntime:
             with contextlib.suppress(Exception):
                 self.watcher.stop()
         for job in self.jobs.values():
-            with contextlib.suppress(OSError):
-                os.close(job.fd)
+            job.release_fd()
         self.jobs.clear()
+        for fd in self._serving.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._serving.clear()
         self.worker.shutdown(wait=True, cancel_futures=True)
 
     # --- scanning ----------------------------------------------------------------
@@ -355,8 +372,7 @@ class FolderRuntime:
             return
         for peer, ref in self.picker.remove_file(name):
             self.model.cancel_request(self, peer, ref)
-        with contextlib.suppress(OSError):
-            os.close(job.fd)
+        job.release_fd()
 
     def _refresh_sources(self, dev: DeviceId, names: set[str] | None = None) -> None:
         rows = self.remote.get(dev, {})
@@ -592,8 +608,7 @@ class FolderRuntime:
                     job = self.jobs.pop(name, None)
                     if job is None:
                         continue
-                    with contextlib.suppress(OSError):
-                        os.close(job.fd)
+                    job.release_fd()
                     local = self.local.get(name)
                     batch.append((job.glob, local, job.conflict, self._loser_short(local)))
                 try:
@@ -657,28 +672,43 @@ class FolderRuntime:
                 size = min(f.block_size, f.size - off)
                 if (off, size) != (req.offset, req.size):
                     return ERR_NO_SUCH_BLOCK
-                try:
-                    fd = os.open(self.root / req.name, os.O_RDONLY)
-                except OSError:
-                    return ERR_NO_SUCH_FILE
-                try:
-                    st = os.fstat(fd)
-                    if st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
-                        # changed since the last scan: a rescan will announce it
-                        self.wake.set()
-                        asyncio.ensure_future(self.scan({req.name}))
-                        return ERR_NO_SUCH_BLOCK
-                    return os.pread(fd, size, off)
-                finally:
-                    os.close(fd)
+                fd = self._open_for_serving(f)
+                if fd is None:
+                    return ERR_NO_SUCH_BLOCK
+                return os.pread(fd, size, off)
         job = self.jobs.get(req.name)
         if job is not None and req.block_index in job.have and req.block_index < len(job.glob.blocks):
-            if job.glob.blocks[req.block_index] == req.hash:
+            if job.glob.blocks[req.block_index] == req.hash and job.fd >= 0:
                 off = req.block_index * job.glob.block_size
                 size = min(job.glob.block_size, job.glob.size - off)
                 if (off, size) == (req.offset, req.size):
                     return os.pread(job.fd, size, off)
         return ERR_NO_SUCH_FILE if f is None and job is None else ERR_NO_SUCH_BLOCK
+
+    def _open_for_serving(self, f: FileInfo) -> int | None:
+        """A cached read-only fd of the file, if the file on disk is still the version `f`
+        (opening per block would cost syscalls and a watcher event each time)."""
+        cached = self._serving.pop(f.name, None)
+        for attempt in (cached, None):
+            if attempt is None:
+                try:
+                    fd = os.open(self.root / f.name, os.O_RDONLY)
+                except OSError:
+                    return None
+            else:
+                fd = attempt
+            st = os.fstat(fd)
+            if st.st_size == f.size and st.st_mtime_ns == f.mtime_ns:
+                self._serving[f.name] = fd
+                while len(self._serving) > SERVING_FDS:
+                    os.close(self._serving.pop(next(iter(self._serving))))
+                return fd
+            os.close(fd)
+            if attempt is None:
+                # changed since the last scan: a rescan will announce it
+                asyncio.ensure_future(self.scan({f.name}))
+                return None
+        return None
 
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -320,7 +320,8 @@ class SyncModel:
             counts = self.inflight.setdefault(dev, [0, 0])
             budget = pipeline_bytes(session.down_rate())
             free = PEER_PIPELINE_REQUESTS - counts[0]
-            if free <= 0 or counts[1] >= budget:
+            # refill in batches (below 3/4 of the window), not one pick per arriving piece
+            if free <= 0 or (counts[0] and counts[1] * 4 >= budget * 3):
                 continue
             refs = folder.picker.pick(dev, free, now)
             if not refs:
@@ -403,30 +404,47 @@ class SyncModel:
             return
         folder = req.folder
         job = folder.jobs.get(req.ref.file)
-        if job is None:
+        data = msg.data
+        if job is None or len(data) != req.size:
+            if job is not None:
+                folder.block_arrived(dev, req.ref, False, len(data))
             self.schedule(folder)
             return
         expected = job.glob.blocks[req.ref.index]
-        data = msg.data
-        if len(data) != req.size:
-            ok = False
-        elif len(data) >= HASH_IN_THREAD:
-            ok = await asyncio.get_running_loop().run_in_executor(self.hasher, _verify, data, expected)
-        else:
-            ok = hashlib.sha256(data).digest() == expected
-        job = folder.jobs.get(req.ref.file)  # may have been aborted while verifying
-        if job is not None and ok and job.glob.blocks[req.ref.index] == expected:
+        offset = req.ref.index * job.glob.block_size
+        job.writers += 1
+        if len(data) < HASH_IN_THREAD:
+            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             try:
-                os.pwrite(job.fd, data, req.ref.index * job.glob.block_size)
+                fut.set_result(_verify_and_write(job.fd, data, expected, offset))
             except OSError as e:
-                log.error("folder %s: cannot write %s: %s", folder.id, req.ref.file, e)
-                folder.picker.failed(dev, req.ref)
-                self.schedule(folder)
-                return
-            folder.block_arrived(dev, req.ref, True, len(data))
-        elif job is not None and not ok:
+                fut.set_exception(e)
+            self._piece_written(folder, job, dev, req, len(data), fut)
+        else:
+            # verified and written by the pool while this session goes on reading: hashing
+            # runs on the other core, and one slow block does not stall the pipeline
+            fut = asyncio.get_running_loop().run_in_executor(self.hasher, _verify_and_write, job.fd, data, expected, offset)
+            fut.add_done_callback(lambda f: self._piece_written(folder, job, dev, req, len(data), f))
+
+    def _piece_written(self, folder: FolderRuntime, job: Any, dev: DeviceId, req: PendingRequest, n: int, fut: asyncio.Future[bool]) -> None:
+        job.writers -= 1
+        if job.closing:
+            job.release_fd()
+        if fut.cancelled():  # shutting down
+            return
+        try:
+            ok = fut.result()
+        except OSError as e:
+            log.error("folder %s: cannot write %s: %s", folder.id, req.ref.file, e)
+            folder.picker.failed(dev, req.ref)
+            self.schedule(folder)
+            return
+        if folder.jobs.get(req.ref.file) is not job:
+            self.schedule(folder)  # aborted or finished meanwhile
+            return
+        if not ok:
             log.warning("folder %s: bad block %s#%d from %s", folder.id, req.ref.file, req.ref.index, dev.short)
-            folder.block_arrived(dev, req.ref, False, len(data))
+        folder.block_arrived(dev, req.ref, ok, n)
         self.schedule(folder)
 
     def _on_piece_error(self, dev: DeviceId, msg: PieceError) -> None:
@@ -436,10 +454,7 @@ class SyncModel:
         folder = req.folder
         folder.picker.failed(dev, req.ref)
         if msg.code in (ERR_NO_SUCH_FILE, ERR_NO_SUCH_BLOCK):
-            f = folder.picker.files.get(req.ref.file)
-            if f is not None:  # it does not have it after all (changed, or our view is stale)
-                f.full_holders.discard(dev)
-                f.partial.get(dev, set()).discard(req.ref.index)
+            folder.picker.not_held(dev, req.ref)  # changed there, or our view is stale
         elif msg.code == ERR_CHOKED:
             self.choked_by.add(dev)
         self.schedule(folder)
@@ -454,10 +469,7 @@ class SyncModel:
         if dev in self.choking:
             await session.send(PieceError(req.id, ERR_CHOKED))
             return
-        if req.size > 1 << 20:
-            result = await asyncio.get_running_loop().run_in_executor(self.hasher, folder.read_block, req)
-        else:
-            result = folder.read_block(req)
+        result = folder.read_block(req)  # a pread from the page cache: cheap even for 16 MiB
         if isinstance(result, int):
             await session.send(PieceError(req.id, result))
             return
@@ -502,5 +514,9 @@ def pipeline_bytes(rate: float) -> int:
     return int(min(PEER_PIPELINE_BYTES, max(MIN_PIPELINE_BYTES, rate * PIPELINE_SECONDS)))
 
 
-def _verify(data: bytes, expected: bytes) -> bool:
-    return hashlib.sha256(data).digest() == expected
+def _verify_and_write(fd: int, data: bytes | memoryview, expected: bytes, offset: int) -> bool:
+    """Write the block into the temp file only if it is the block we asked for."""
+    if hashlib.sha256(data).digest() != expected:
+        return False
+    os.pwrite(fd, data, offset)
+    return True

@@ -8,8 +8,10 @@ requested) a block may be requested from a second peer; the loser is cancelled o
 A peer that sends bad data is banned after MAX_BAD blocks; a peer that lets a request time out is
 snubbed (gets at most one request at a time) for SNUB_TIME.
 
-Cost: pick() walks the files the peer holds, in priority order, and within a file its remaining
-blocks — O(remaining blocks of the files visited), with n (the pipeline refill) amortising it.
+Cost: with only full holders of a file (the common case) pick() walks a pre-shuffled order of
+its blocks with a cursor, amortised O(n); with partial holders around it sorts the free blocks
+the peer has by availability, O(f log f) for f free blocks of the files visited. Availability
+counts are kept incrementally as bitfields, haves and disconnects arrive.
 """
 
 from __future__ import annotations
@@ -34,15 +36,29 @@ class BlockRef:
 class _File:
     count: int
     remaining: set[int]  # not yet received (in flight or not)
+    free: set[int]  # remaining and not requested from anyone
+    order: list[int]  # a random order of the blocks, walked once by `cursor` (fast path)
+    cursor: int = 0
     started: bool = False
     full_holders: set[Peer] = field(default_factory=set)
     partial: dict[Peer, set[int]] = field(default_factory=dict)
+    partial_count: dict[int, int] = field(default_factory=dict)  # block -> partial holders
 
     def holds(self, peer: Peer, i: int) -> bool:
         return peer in self.full_holders or i in self.partial.get(peer, ())
 
     def availability(self, i: int) -> int:
-        return len(self.full_holders) + sum(1 for s in self.partial.values() if i in s)
+        return len(self.full_holders) + self.partial_count.get(i, 0)
+
+    def drop_partial(self, peer: Peer) -> None:
+        for i in self.partial.pop(peer, ()):
+            self.partial_count[i] -= 1
+
+    def add_partial(self, peer: Peer, i: int) -> None:
+        held = self.partial.setdefault(peer, set())
+        if i not in held:
+            held.add(i)
+            self.partial_count[i] = self.partial_count.get(i, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -60,21 +76,23 @@ class Picker:
         self.in_flight: dict[BlockRef, dict[Peer, float]] = {}
         self.bad: dict[Peer, int] = {}
         self.snubbed_until: dict[Peer, float] = {}
-        self._order: list[str] = []  # files in the order they were added
+        self._order: dict[str, None] = {}  # files in the order they were added
 
     # files --------------------------------------------------------------
     def add_file(self, name: str, block_count: int, have: set[int] | None = None) -> None:
         """`have`: blocks already satisfied locally (resumed temp file, copied blocks)."""
         remaining = set(range(block_count)) - (have or set())
-        self.files[name] = _File(block_count, remaining, started=bool(have))
-        self._order.append(name)
+        order = list(remaining)
+        self.rng.shuffle(order)
+        self.files[name] = _File(block_count, remaining, set(remaining), order, started=bool(have))
+        self._order[name] = None
 
     def remove_file(self, name: str) -> list[tuple[Peer, BlockRef]]:
         """Forget a file (done, or superseded); returns requests in flight to cancel."""
         f = self.files.pop(name, None)
         if f is None:
             return []
-        self._order = [n for n in self._order if n != name]
+        self._order.pop(name, None)
         cancels = []
         for ref in [r for r in self.in_flight if r.file == name]:
             cancels += [(p, ref) for p in self.in_flight.pop(ref)]
@@ -84,6 +102,7 @@ class Picker:
         f = self.files.get(ref.file)
         if f:
             f.remaining.discard(ref.index)
+            f.free.discard(ref.index)
             f.started = True
 
     def done(self, name: str) -> bool:
@@ -99,27 +118,47 @@ class Picker:
         f = self.files.get(name)
         if f:
             f.full_holders.add(peer)
-            f.partial.pop(peer, None)
+            f.drop_partial(peer)
 
     def set_partial(self, peer: Peer, name: str, blocks: set[int]) -> None:
         f = self.files.get(name)
         if f and peer not in f.full_holders:
-            f.partial[peer] = {i for i in blocks if 0 <= i < f.count}
+            f.drop_partial(peer)
+            f.partial[peer] = set()
+            for i in blocks:
+                if 0 <= i < f.count:
+                    f.add_partial(peer, i)
 
     def have(self, peer: Peer, ref: BlockRef) -> None:
         f = self.files.get(ref.file)
         if f and peer not in f.full_holders and 0 <= ref.index < f.count:
-            f.partial.setdefault(peer, set()).add(ref.index)
+            f.add_partial(peer, ref.index)
 
     def remove_peer(self, peer: Peer) -> None:
         for f in self.files.values():
             f.full_holders.discard(peer)
-            f.partial.pop(peer, None)
+            f.drop_partial(peer)
         for ref in list(self.in_flight):
             holders = self.in_flight[ref]
-            holders.pop(peer, None)
-            if not holders:
-                del self.in_flight[ref]
+            if holders.pop(peer, None) is not None and not holders:
+                self._release(ref)
+
+    def _release(self, ref: BlockRef) -> None:
+        """Nobody is fetching `ref` any more: make it pickable again if still needed."""
+        self.in_flight.pop(ref, None)
+        f = self.files.get(ref.file)
+        if f is not None and ref.index in f.remaining:
+            f.free.add(ref.index)
+
+    def not_held(self, peer: Peer, ref: BlockRef) -> None:
+        """The peer says it does not have this block (or file) after all."""
+        f = self.files.get(ref.file)
+        if f is None:
+            return
+        f.full_holders.discard(peer)
+        if ref.index in f.partial.get(peer, ()):
+            f.partial[peer].discard(ref.index)
+            f.partial_count[ref.index] -= 1
 
     def holders(self, name: str) -> set[Peer]:
         f = self.files.get(name)
@@ -140,39 +179,47 @@ class Picker:
             if n == 0:
                 return []
         out: list[BlockRef] = []
-        order = sorted(self._order, key=lambda name: not self.files[name].started)
-        for name in order:
+        started = [name for name in self._order if self.files[name].started]
+        rest = [name for name in self._order if not self.files[name].started]
+        for name in started + rest:
             f = self.files[name]
-            if peer not in f.full_holders and peer not in f.partial:
+            if not f.free or (peer not in f.full_holders and peer not in f.partial):
                 continue
-            cands = [i for i in f.remaining if BlockRef(name, i) not in self.in_flight and f.holds(peer, i)]
-            if not cands:
-                continue
-            if len(f.full_holders) + len(f.partial) > 1:
-                # rarest first, random tie-break
-                keyed = [(f.availability(i), self.rng.random(), i) for i in cands]
-                keyed.sort()
-                cands = [i for _, _, i in keyed]
-            else:
-                # one source: random order all the same, so that devices fetching this file from
-                # the same seed fetch different blocks and can trade them
-                self.rng.shuffle(cands)
-            for i in cands[: n - len(out)]:
+            for i in self._choose(f, peer, n - len(out)):
+                f.free.discard(i)
                 ref = BlockRef(name, i)
                 self.in_flight[ref] = {peer: now}
-                f.started = True
                 out.append(ref)
+            if out:
+                f.started = True
             if len(out) >= n:
                 return out
         if not out:
             out = self._endgame(peer, n, now)
         return out
 
+    def _choose(self, f: _File, peer: Peer, need: int) -> list[int]:
+        if not f.partial:
+            # only full holders: every block is equally rare, take the next ones of the file's
+            # random order (amortised O(need)); blocks handed back later come from `free`
+            got: list[int] = []
+            while len(got) < need and f.cursor < len(f.order):
+                i = f.order[f.cursor]
+                f.cursor += 1
+                if i in f.free:
+                    got.append(i)
+            if len(got) < need and f.cursor >= len(f.order):
+                got += [i for i in f.free if i not in got][: need - len(got)]
+            return got
+        # partial holders around: rarest first among what this peer has, random tie-break
+        cands = [i for i in f.free if f.holds(peer, i)]
+        keyed = sorted((f.availability(i), self.rng.random(), i) for i in cands)
+        return [i for _, _, i in keyed[:need]]
+
     def _endgame(self, peer: Peer, n: int, now: float) -> list[BlockRef]:
         # only when nothing is left that is not already requested somewhere
-        for name, f in self.files.items():
-            if any(BlockRef(name, i) not in self.in_flight for i in f.remaining):
-                return []
+        if any(f.free for f in self.files.values()):
+            return []
         out = []
         refs = list(self.in_flight.items())
         self.rng.shuffle(refs)
@@ -193,6 +240,7 @@ class Picker:
         f = self.files.get(ref.file)
         if f:
             f.remaining.discard(ref.index)
+            f.free.discard(ref.index)
         return [(p, ref) for p in reqs if p != peer]
 
     def failed(self, peer: Peer, ref: BlockRef, bad_data: bool = False) -> None:
@@ -200,12 +248,13 @@ class Picker:
         if reqs is not None:
             reqs.pop(peer, None)
             if not reqs:
-                del self.in_flight[ref]
+                self._release(ref)
         if bad_data:
             self.bad[peer] = self.bad.get(peer, 0) + 1
             f = self.files.get(ref.file)
-            if f:  # it evidently does not hold a good copy
-                f.partial.get(peer, set()).discard(ref.index)
+            if f and ref.index in f.partial.get(peer, ()):  # it evidently has no good copy
+                f.partial[peer].discard(ref.index)
+                f.partial_count[ref.index] -= 1
 
     def timeouts(self, now: float, timeout: float) -> list[tuple[Peer, BlockRef]]:
         expired = [(p, ref) for ref, reqs in self.in_flight.items() for p, t in reqs.items() if now - t > timeout]
