@@ -65,6 +65,22 @@ def test_scan_and_stopped_folder(home, tmp_path):
     assert "no folder" in one_line_error(run_syncer(home, "scan", "nope"))
 
 
+def test_offline_scan_holds_back_mass_delete_until_resume(home, tmp_path):
+    d = tmp_path / "f"
+    d.mkdir()
+    for i in range(20):
+        (d / f"{i}.txt").write_text(str(i))
+    fid = run_syncer(home, "share", str(d), check=True).stdout.strip()
+    for i in range(15):
+        (d / f"{i}.txt").unlink()
+    assert "would delete 15 of 20 files" in one_line_error(run_syncer(home, "scan", fid))
+    rows = json.loads(run_syncer(home, "folders", "--json", check=True).stdout)
+    assert rows[0]["files"] == 20  # nothing recorded
+    assert "deletions recorded, 5 files remain" in run_syncer(home, "resume", fid, check=True).stdout
+    rows = json.loads(run_syncer(home, "folders", "--json", check=True).stdout)
+    assert rows[0]["files"] == 5
+
+
 def test_manifest_and_verify(home, tmp_path):
     f = tmp_path / "file.bin"
     f.write_bytes(os.urandom(300_000))

@@ -25,7 +25,7 @@ from syncer.pending import PendingStore
 from syncer.scan import Scanner
 
 
-def _scan_with_progress(root: Path, folder_id: str) -> tuple[int, int, int]:
+def _scan_with_progress(root: Path, folder_id: str, allow_mass_delete: bool = True) -> tuple[int, int, int]:
     db = IndexDB(common.paths().index_db)
     db.add_folder(folder_id, str(root))
     scanner = Scanner(root, folder_id, db, short_id(common.identity().device_id), Ignore.load(root))
@@ -35,10 +35,15 @@ def _scan_with_progress(root: Path, folder_id: str) -> tuple[int, int, int]:
         console=console, transient=True, disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task(f"scanning {root}", total=None)
-        result = scanner.scan(progress=lambda done, total: bar.update(task, completed=done, total=total))
+        try:
+            result = scanner.scan(
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                allow_mass_delete=allow_mass_delete,
+            )
+        finally:
+            db.close()
     for name, msg in result.errors:
         console.print(f"[yellow]skipped {name}: {msg}")
-    db.close()
     return result.files, result.bytes, len(result.errors)
 
 
@@ -124,7 +129,9 @@ def scan(folder: str = typer.Argument("", help="folder id (default: all)"), json
         for f in targets:
             if folderlib.folder_state(Path(f.path)) != "ok":
                 raise FolderError(f"folder {f.id}: {folderlib.folder_state(Path(f.path))} ({f.path})")
-            files, size, errors = _scan_with_progress(Path(f.path), f.id)
+            # the same guard as the daemon's: a scan that would delete most of the folder
+            # records nothing until `syncer resume FOLDER` confirms it
+            files, size, errors = _scan_with_progress(Path(f.path), f.id, allow_mass_delete=False)
             out.append({"folder": f.id, "files": files, "bytes": size, "errors": errors})
         result = {"scanned": out}
     if json:
@@ -143,8 +150,16 @@ def resume(folder: str = typer.Argument(..., help="folder id")) -> None:
     p = common.paths()
     if common.config().folder(folder) is None:
         raise FolderError(f"no folder with id {folder!r}")
-    r = client.call(p, "POST", f"/rest/resume?folder={folder}", timeout=3600)
-    typer.echo(f"{folder}: resumed, {r.get('deleted', 0)} deletions recorded")
+    f = common.config().folder(folder)
+    if client.is_running(p):
+        r = client.call(p, "POST", f"/rest/resume?folder={folder}", timeout=3600)
+        typer.echo(f"{folder}: resumed, {r.get('deleted', 0)} deletions recorded")
+        return
+    assert f is not None
+    if folderlib.folder_state(Path(f.path)) != "ok":
+        raise FolderError(f"folder {f.id}: {folderlib.folder_state(Path(f.path))} ({f.path})")
+    files, _, _ = _scan_with_progress(Path(f.path), f.id, allow_mass_delete=True)
+    typer.echo(f"{folder}: deletions recorded, {files} files remain")
 
 
 @app.command()
