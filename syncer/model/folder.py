@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,9 @@ class Job:
     vkey: tuple[tuple[int, int], ...]
     writers: int = 0  # blocks being verified and written by the thread pool right now
     closing: bool = False
+    # buffered writes to one file serialise on the kernel's inode lock, where a waiting thread
+    # spins on the CPU; waiting on this lock sleeps instead (hashing still runs in parallel)
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def release_fd(self) -> None:
         """Close the temp file, or have the last pending write close it: an fd closed under a

@@ -416,14 +416,14 @@ class SyncModel:
         if len(data) < HASH_IN_THREAD:
             fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             try:
-                fut.set_result(_verify_and_write(job.fd, data, expected, offset))
+                fut.set_result(_verify_and_write(job.fd, job.write_lock, data, expected, offset))
             except OSError as e:
                 fut.set_exception(e)
             self._piece_written(folder, job, dev, req, len(data), fut)
         else:
             # verified and written by the pool while this session goes on reading: hashing
             # runs on the other core, and one slow block does not stall the pipeline
-            fut = asyncio.get_running_loop().run_in_executor(self.hasher, _verify_and_write, job.fd, data, expected, offset)
+            fut = asyncio.get_running_loop().run_in_executor(self.hasher, _verify_and_write, job.fd, job.write_lock, data, expected, offset)
             fut.add_done_callback(lambda f: self._piece_written(folder, job, dev, req, len(data), f))
 
     def _piece_written(self, folder: FolderRuntime, job: Any, dev: DeviceId, req: PendingRequest, n: int, fut: asyncio.Future[bool]) -> None:
@@ -514,9 +514,10 @@ def pipeline_bytes(rate: float) -> int:
     return int(min(PEER_PIPELINE_BYTES, max(MIN_PIPELINE_BYTES, rate * PIPELINE_SECONDS)))
 
 
-def _verify_and_write(fd: int, data: bytes | memoryview, expected: bytes, offset: int) -> bool:
+def _verify_and_write(fd: int, lock: threading.Lock, data: bytes | memoryview, expected: bytes, offset: int) -> bool:
     """Write the block into the temp file only if it is the block we asked for."""
     if hashlib.sha256(data).digest() != expected:
         return False
-    os.pwrite(fd, data, offset)
+    with lock:
+        os.pwrite(fd, data, offset)
     return True

@@ -24,7 +24,7 @@ from syncer.deviceid import DeviceId
 from syncer.identity import Identity
 from syncer.net import tls
 from syncer.net.backoff import Backoff
-from syncer.net.tcp import STREAM_LIMIT, TcpStream
+from syncer.net.tcp import STREAM_LIMIT, ReaderWriterStream
 from syncer.net.transport import StreamHandler, TransportError
 from syncer.relay import protocol as p
 
@@ -38,7 +38,7 @@ RECONNECT_MAX = 30.0
 ControlListener = Callable[[p.Message], None]
 
 
-class RelayStream(TcpStream):
+class RelayStream(ReaderWriterStream):
     transport = "relay"
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, relay: p.RelayUrl) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 
 from syncer.identity import Identity
 from syncer.net import tls
@@ -17,9 +18,14 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 STREAM_LIMIT = 4 << 20
 WRITE_HIGH_WATER = 4 << 20
+READ_BUFFER = 8 << 20  # receive buffer per connection; reading pauses when half full
+MIN_READ_ROOM = 256 << 10
 
 
-class TcpStream(Stream):
+class ReaderWriterStream(Stream):
+    """A stream over asyncio's StreamReader/StreamWriter (used where TLS is layered over
+    another connection, as inside a relay pipe)."""
+
     transport = "tcp"
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -64,6 +70,145 @@ class TcpStream(Stream):
         self._writer.transport.abort()
 
 
+class _TlsProtocol(asyncio.BufferedProtocol):
+    """Receives straight into one reusable buffer: asyncio's SSL layer decrypts into
+    `get_buffer()`, and `read()` copies out once. (StreamReader would copy each byte three
+    times on the event loop thread: joining decrypted chunks, feed_data, read.)"""
+
+    def __init__(self, on_connected: Callable[[_TlsProtocol], None] | None = None) -> None:
+        self._buf = bytearray(READ_BUFFER)
+        self._view = memoryview(self._buf)
+        self._start = 0  # unread data is _buf[_start:_end]
+        self._end = 0
+        self._eof = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._on_connected = on_connected
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
+        if self._on_connected is not None:
+            self._on_connected(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._start == self._end:
+            self._start = self._end = 0
+        if len(self._buf) - self._end < MIN_READ_ROOM:
+            unread = self._end - self._start
+            if unread + MIN_READ_ROOM > len(self._buf):
+                # more unread than the buffer holds (reading is paused above half of it, so
+                # only a burst already decrypted gets here): grow
+                buf = bytearray(2 * len(self._buf))
+                buf[:unread] = self._view[self._start : self._end]
+                self._buf, self._view = buf, memoryview(buf)
+            else:
+                self._buf[:unread] = self._view[self._start : self._end]
+            self._start, self._end = 0, unread
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        if not self._reading_paused and self._end - self._start >= len(self._buf) // 2 and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> None:
+        self._eof = True
+        self._wake_reader()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self._wake_reader()
+        self._writing_paused = False
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        w, self._read_waiter = self._read_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake_writer(self) -> None:
+        w, self._drain_waiter = self._drain_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # used by TcpStream ------------------------------------------------------------------
+    async def read(self, max_bytes: int) -> bytes:
+        while self._start == self._end:
+            if self._eof:
+                return b""
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            await self._read_waiter
+        n = min(max_bytes, self._end - self._start)
+        data = self._view[self._start : self._start + n].tobytes()
+        self._start += n
+        if self._reading_paused and self._end - self._start < len(self._buf) // 4 and self.transport:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def drain(self) -> None:
+        while self._writing_paused and not self.lost.done():
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+        if self.lost.done():
+            raise ConnectionResetError("connection lost")
+
+
+class TcpStream(Stream):
+    transport = "tcp"
+
+    def __init__(self, proto: _TlsProtocol) -> None:
+        assert proto.transport is not None
+        self._proto = proto
+        self._transport = proto.transport
+        self.peer = tls.peer_device_id(self._transport.get_extra_info("ssl_object"))
+        host, port = self._transport.get_extra_info("peername")[:2]
+        self.remote_address = str(Address("tcp", host, port))
+        self._closed = False
+
+    async def read(self, max_bytes: int = READ_SIZE) -> bytes:
+        return await self._proto.read(max_bytes)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed or self._transport.is_closing():
+            raise ConnectionResetError("stream closed")
+        self._transport.write(data)
+        await self._proto.drain()
+
+    async def writelines(self, chunks: list[bytes]) -> None:
+        # one buffer, so a small frame header does not become a TLS record of its own
+        await self.write(b"".join(chunks))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._transport.close()  # TLS close_notify, then FIN
+            await asyncio.wait_for(asyncio.shield(self._proto.lost), 5)
+
+    def abort(self) -> None:
+        self._closed = True
+        self._transport.abort()
+
+
 class TcpListener(Listener):
     def __init__(self, server: asyncio.Server, url: str) -> None:
         self._server = server
@@ -85,23 +230,28 @@ class TcpTransport:
     async def listen(self, url: str, handler: StreamHandler) -> TcpListener:
         addr = Address.parse(url)
 
-        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        def on_connected(proto: _TlsProtocol) -> None:
             try:
-                stream = TcpStream(reader, writer)
+                stream = TcpStream(proto)
             except (ssl.SSLError, OSError, ValueError) as e:
                 log.info("inbound connection refused: %s", e)
-                writer.close()
+                if proto.transport is not None:
+                    proto.transport.close()
                 return
-            await handler(stream)
+            task = loop.create_task(handler(stream))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
         try:
-            server = await asyncio.start_server(
-                on_conn,
+            server = await loop.create_server(
+                lambda: _TlsProtocol(on_connected),
                 addr.host,
                 addr.port,
                 ssl=self._server_ctx,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                limit=STREAM_LIMIT,
                 reuse_address=True,
             )
         except OSError as e:
@@ -112,21 +262,25 @@ class TcpTransport:
     async def connect(self, url: str, timeout: float = 10.0) -> TcpStream:
         addr = Address.parse(url)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            transport, proto = await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    _TlsProtocol,
                     addr.host,
                     addr.port,
                     ssl=self._client_ctx,
                     server_hostname="syncer",
                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                    limit=STREAM_LIMIT,
                 ),
                 timeout,
             )
         except (TimeoutError, OSError, ssl.SSLError) as e:
             raise TransportError(f"cannot connect to {url}: {e or type(e).__name__}") from None
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return TcpStream(reader, writer)
+        try:
+            return TcpStream(proto)
+        except (ssl.SSLError, OSError, ValueError) as e:
+            transport.abort()
+            raise TransportError(f"cannot connect to {url}: {e}") from None
