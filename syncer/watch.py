@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -77,8 +78,11 @@ class FolderWatcher:
         self.agg = Aggregator(delay)
         self._wake = asyncio.Event()
         self._observer = None
+        self._lock = threading.Lock()
+        self._incoming: list[str] = []  # paths from the watchdog thread, not yet handed over
 
     def start(self) -> None:
+        from watchdog import events as ev
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -93,10 +97,19 @@ class FolderWatcher:
                     # a download writes its temp file block by block, and waking the event
                     # loop for each of those writes is measurable
                     if p and not watcher._own(os.fsdecode(p)):
-                        watcher.loop.call_soon_threadsafe(watcher._raw, os.fsdecode(p))
+                        watcher._hand_over(os.fsdecode(p))
 
         self._observer = Observer()
-        self._observer.schedule(Handler(), str(self.root), recursive=True)
+        # no open/close-without-write events: with inotify they come from every read of a
+        # file (our own scanner hashing, serving blocks to peers) and never mean a change
+        wanted = [
+            ev.FileCreatedEvent, ev.DirCreatedEvent, ev.FileDeletedEvent, ev.DirDeletedEvent,
+            ev.FileModifiedEvent, ev.DirModifiedEvent, ev.FileMovedEvent, ev.DirMovedEvent, ev.FileClosedEvent,
+        ]
+        try:
+            self._observer.schedule(Handler(), str(self.root), recursive=True, event_filter=wanted)
+        except TypeError:  # watchdog < 4 has no event_filter
+            self._observer.schedule(Handler(), str(self.root), recursive=True)
         self._observer.daemon = True
         self._observer.start()
 
@@ -113,6 +126,20 @@ class FolderWatcher:
         rel = path[len(str(self.root)) :]
         marker = os.sep + ".syncer"
         return rel == marker or rel.startswith(marker + os.sep)
+
+    def _hand_over(self, path: str) -> None:
+        """Watchdog thread: queue a path; wake the event loop only for the first of a burst."""
+        with self._lock:
+            self._incoming.append(path)
+            first = len(self._incoming) == 1
+        if first:
+            self.loop.call_soon_threadsafe(self._take_incoming)
+
+    def _take_incoming(self) -> None:
+        with self._lock:
+            paths, self._incoming = self._incoming, []
+        for p in paths:
+            self._raw(p)
 
     def _raw(self, path: str) -> None:
         try:

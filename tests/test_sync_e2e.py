@@ -26,6 +26,22 @@ def share_and_connect(a, b, da: Path, db_: Path) -> None:
     pair_all([a, b])
 
 
+def test_many_small_files_arrive_and_leave_no_temp_files(tmp_path):
+    # several apply batches: a file whose batch was still being applied once got a second,
+    # redundant download whose temp file stayed behind
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        for i in range(1500):
+            sub = da / f"d{i % 4}"
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"f{i:04d}").write_bytes(os.urandom(1000 + i))
+        share_and_connect(a, b, da, db_)
+        t = wait_same(da, db_, timeout=180, what="1500 files synced")
+        assert len(t) == 1504
+        wait_until(lambda: folder_status(b, FID)["state"] == "idle", what="receiver idle")
+        assert sorted(p.name for p in db_.rglob(".syncer.*.tmp")) == []
+
+
 def test_initial_sync_both_ways_then_edit_delete_rename(tmp_path):
     with cluster(tmp_path, "a", "b") as (a, b):
         da, db_ = tmp_path / "A", tmp_path / "B"

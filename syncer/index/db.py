@@ -298,7 +298,7 @@ class IndexDB:
     def find_block(self, folder: str, hash: bytes) -> tuple[str, int, int] | None:
         """(name, offset, size) of a local, non-deleted file holding a block with this hash."""
         r = self.conn.execute(
-            "SELECT b.name, b.idx, f.block_size, f.size FROM blocks b JOIN files f "
+            "SELECT b.name, b.idx, f.block_size, f.size FROM blocks b CROSS JOIN files f "  # CROSS: blocks by hash first (the planner would walk all files)
             "ON f.folder=b.folder AND f.device=? AND f.name=b.name "
             "WHERE b.folder=? AND b.hash=? AND f.deleted=0 LIMIT 1",
             (LOCAL, folder, hash),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -118,7 +119,8 @@ class FolderRuntime:
     sent_seq: dict[DeviceId, int] = field(default_factory=dict)
     partial: dict[tuple[str, tuple], dict[DeviceId, set[int]]] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
-    finishing: list[str] = field(default_factory=list)
+    finishing: dict[str, None] = field(default_factory=dict)  # downloaded, waiting to be applied
+    applying: set[str] = field(default_factory=set)  # being renamed into place right now
     retry_at: dict[str, float] = field(default_factory=dict)
     stats: dict[DeviceId, PeerStats] = field(default_factory=dict)
     state: str = "starting"
@@ -136,6 +138,7 @@ class FolderRuntime:
         self.scanner: Any = None
         self.watcher: Any = None
         self._serving: dict[str, int] = {}  # name -> open fd, least recently used first
+        self._need_order: list[str] | None = None  # names in `needed`, in pulling order
 
     # --- worker thread ---------------------------------------------------------
     async def run_in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -362,21 +365,27 @@ class FolderRuntime:
             glob = global_version(cands)
             n = need(local, glob)
             if n is Need.NOTHING or glob is None:
-                self.needed.pop(name, None)
-                self._abort_job(name)
+                if self.needed.pop(name, None) is not None:
+                    self._need_order = None
+                self._abort_job(name, drop_temp=True)  # nothing to resume: not needed any more
             else:
+                if self.needed.get(name, (None,))[0] is not glob:
+                    self._need_order = None
                 self.needed[name] = (glob, n)
                 job = self.jobs.get(name)
                 if job is not None and job.vkey != vkey(glob):
                     self._abort_job(name)
 
-    def _abort_job(self, name: str) -> None:
+    def _abort_job(self, name: str, drop_temp: bool = False) -> None:
         job = self.jobs.pop(name, None)
         if job is None:
             return
         for peer, ref in self.picker.remove_file(name):
             self.model.cancel_request(self, peer, ref)
         job.release_fd()
+        if drop_temp:
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / safe_write.temp_name(name))
 
     def _refresh_sources(self, dev: DeviceId, names: set[str] | None = None) -> None:
         rows = self.remote.get(dev, {})
@@ -417,8 +426,15 @@ class FolderRuntime:
         others: list[tuple[FileInfo, FileInfo | None]] = []
         to_start: list[tuple[FileInfo, Need]] = []
         job_bytes = sum(j.glob.size for j in self.jobs.values())
-        for name, (glob, n) in sorted(self.needed.items(), key=lambda kv: (kv[1][0].size, kv[0])):
-            if name in self.jobs or name in self.finishing or self.retry_at.get(name, 0) > now:
+        if self._need_order is None:
+            # smallest first (many files finish sooner); re-sorted only when the need changed
+            self._need_order = sorted(self.needed, key=lambda name: (self.needed[name][0].size, name))
+        for name in self._need_order:
+            entry = self.needed.get(name)
+            if entry is None:
+                continue
+            glob, n = entry
+            if name in self.jobs or name in self.finishing or name in self.applying or self.retry_at.get(name, 0) > now:
                 continue
             if glob.deleted or glob.type != FileType.FILE:
                 others.append((glob, self.local.get(name)))
@@ -435,7 +451,7 @@ class FolderRuntime:
         # blocks for a new one (a rename), so it must still be there while those are pulled
         deletions = [o for o in others if o[0].deleted]
         others = [o for o in others if not o[0].deleted]
-        if not to_start and not self.jobs and not self.finishing:
+        if not to_start and not self.jobs and not self.finishing and not self.applying:
             others += deletions
         elif deletions:
             asyncio.get_running_loop().call_later(0.5, self.wake.set)
@@ -463,7 +479,7 @@ class FolderRuntime:
         self._update_idle()
 
     def _update_idle(self) -> None:
-        if self.state in ("syncing", "idle") and not self.jobs and not self.finishing:
+        if self.state in ("syncing", "idle") and not self.jobs and not self.finishing and not self.applying:
             self.state = "idle" if not self.needed else "syncing"
             if self.needed and not any(self.has_source(g) or g.deleted or g.type != FileType.FILE for g, _ in self.needed.values()):
                 self.state = "idle"  # what is needed is not available from any connected peer
@@ -598,7 +614,7 @@ class FolderRuntime:
 
     def _finished(self, name: str) -> None:
         self.picker.remove_file(name)
-        self.finishing.append(name)
+        self.finishing[name] = None
         self.finish_wake.set()
 
     async def _finish_loop(self) -> None:
@@ -606,7 +622,12 @@ class FolderRuntime:
             await self.finish_wake.wait()
             self.finish_wake.clear()
             while self.finishing:
-                names, self.finishing = self.finishing[:FINISH_BATCH], self.finishing[FINISH_BATCH:]
+                names = list(itertools.islice(self.finishing, FINISH_BATCH))
+                for name in names:
+                    del self.finishing[name]
+                # until the batch is applied and the need recomputed, these names are in no
+                # job and not finishing: `applying` keeps the puller from starting them again
+                self.applying.update(names)
                 batch = []
                 for name in names:
                     job = self.jobs.pop(name, None)
@@ -619,6 +640,8 @@ class FolderRuntime:
                     await self._apply(batch, [])
                 except Exception:
                     log.exception("folder %s: applying downloads failed", self.id)
+                finally:
+                    self.applying.difference_update(names)
             self._update_idle()
             self.wake.set()
 
@@ -716,12 +739,13 @@ class FolderRuntime:
 
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        glob_bytes = 0
         need_bytes = sum(g.size for g, _ in self.needed.values() if not g.deleted)
+        local_files = local_bytes = 0
         for f in self.local.values():
             if not f.deleted:
-                glob_bytes += f.size
-        glob_bytes += need_bytes
+                local_files += 1
+                local_bytes += f.size
+        glob_bytes = local_bytes + need_bytes
         completion = 100.0 if glob_bytes == 0 else 100.0 * (glob_bytes - need_bytes) / glob_bytes
         if self.needed and need_bytes == 0:
             completion = min(completion, 99.9)
@@ -734,8 +758,8 @@ class FolderRuntime:
             "completion": round(completion, 2),
             "need_files": len(self.needed),
             "need_bytes": need_bytes,
-            "local_files": sum(1 for f in self.local.values() if not f.deleted),
-            "local_bytes": sum(f.size for f in self.local.values() if not f.deleted),
+            "local_files": local_files,
+            "local_bytes": local_bytes,
             "peers": {str(dev): dict(vars(st)) for dev, st in self.stats.items()},
         }
 
