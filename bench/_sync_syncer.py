@@ -14,11 +14,11 @@ from tests.daemons import Node
 from tests.syncfix import folder_status, share
 
 FID = "bench"
-POLL = 0.02
+POLL = 0.05  # status polls cost the daemon CPU too; 50 ms is < 1 % of any result here
 
 
 def poll(pred, timeout: float, what: str) -> None:
-    """wait_until with a fixed short interval: its back-off would add up to 0.25 s to a result."""
+    """wait_until with a fixed interval: its back-off would add up to 0.25 s to a result."""
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:

@@ -70,6 +70,7 @@ def test_find_block_local_only_and_not_deleted(tmp_path):
     assert db.find_block("f", h) == ("x", 131072, 10)
     db.update_remote("f", REMOTE, [fi("y", blocks=(b"q" * 32,))])
     assert db.find_block("f", b"q" * 32) is None
+    assert db.known_hashes("f", [h, b"q" * 32, h]) == {h}
     db.update_local("f", [fi("x", blocks=(), deleted=True, size=0)])
     assert db.find_block("f", h) is None
 

@@ -295,6 +295,16 @@ class IndexDB:
         ).fetchone()
         return r[0], r[1]
 
+    def known_hashes(self, folder: str, hashes: Iterable[bytes]) -> set[bytes]:
+        """Which of these block hashes some local file has (one query per 500, not per block)."""
+        todo = list(set(hashes))
+        found: set[bytes] = set()
+        for i in range(0, len(todo), 500):
+            part = todo[i : i + 500]
+            q = f"SELECT DISTINCT hash FROM blocks WHERE folder=? AND hash IN ({','.join('?' * len(part))})"
+            found.update(r[0] for r in self.conn.execute(q, (folder, *part)))
+        return found
+
     def find_block(self, folder: str, hash: bytes) -> tuple[str, int, int] | None:
         """(name, offset, size) of a local, non-deleted file holding a block with this hash."""
         r = self.conn.execute(

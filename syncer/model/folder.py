@@ -511,6 +511,7 @@ class FolderRuntime:
         """Worker thread: open temp files, reuse verified blocks (resume) and identical local
         blocks (renames, copies, unchanged parts of an edited file)."""
         out = []
+        known = self.db.known_hashes(self.id, (h for glob, _ in items for h in glob.blocks))
         for glob, n in items:
             tmp = self.root / safe_write.temp_name(glob.name)
             try:
@@ -531,7 +532,7 @@ class FolderRuntime:
                     if hashlib.sha256(data).digest() == h:
                         have.add(i)
                         continue
-                data = self._local_block(h, size)
+                data = self._local_block(h, size) if h in known else None
                 if data is not None:
                     os.pwrite(fd, data, off)
                     have.add(i)
