@@ -17,6 +17,7 @@ from pathlib import Path
 
 from syncer.identity import load_or_create
 from syncer.net.tcp import TcpTransport
+from syncer.session import ALIGNED_FRAME_LIMIT
 from syncer.wire import Connection, FrameDecoder, Hello, MessageReceived, Piece, Request, encode
 from syncer.wire.frames import encode_piece
 
@@ -61,6 +62,7 @@ def _server(home: str, mode: str, q: mp.Queue, total: int) -> None:
                     await stream.write(payload)
                     sent += len(payload)
             else:
+                stream.align_reads(ALIGNED_FRAME_LIMIT)  # as PeerSession does
                 conn = Connection()
                 await stream.write(conn.send(Hello("b", "syncer", "bench")))
                 served = 0
@@ -98,6 +100,7 @@ async def _client(home: str, url: str, mode: str, total: int) -> float:
                 break
             got += len(data)
     else:
+        stream.align_reads(ALIGNED_FRAME_LIMIT)
         conn = Connection()
         await stream.write(conn.send(Hello("a", "syncer", "bench")))
         next_id, blocks = 1, total // BLOCK

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 FEATURES = ["bitfield", "choke"]
 TIMER_GRANULARITY = 1.0
+# frames up to this size (pieces of blocks up to 2 MiB: files up to 4 GiB) arrive whole from
+# transports that can align reads, and are decoded in place without being joined
+ALIGNED_FRAME_LIMIT = 4 + 1 + 8 + (2 << 20)
 
 
 class SessionClosed(Exception):
@@ -57,6 +60,9 @@ class PeerSession:
         self.up = RateMeter()
         self._closed = asyncio.Event()
         self._early: list[Message] = []  # messages that arrived together with the peer's Hello
+        align = getattr(stream, "align_reads", None)
+        if align is not None:
+            align(ALIGNED_FRAME_LIMIT)
 
     # handshake ---------------------------------------------------------------
     async def handshake(self) -> Hello:

@@ -113,3 +113,38 @@ FACTORIES = {
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_transport_conformance(name, check, identities):
     conf.run_check(FACTORIES[name], check, *identities)
+
+
+def test_tcp_aligned_reads_return_whole_records(identities):
+    """With align_reads, TCP reads end at `u32be length | body` boundaries however the sender
+    split the bytes; records above the limit, and a torn record at EOF, still come through."""
+
+    def rec(body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + body
+
+    async def main() -> None:
+        async with tcp_factory(*identities) as (a, b):
+            b.align_reads(1000)  # type: ignore[attr-defined]
+            small = [rec(bytes([i]) * (50 + 97 * i)) for i in range(8)]
+            wire = b"".join(small)
+            for i in range(0, len(wire), 333):  # torn at arbitrary points
+                await a.write(wire[i : i + 333])
+            got = b""
+            while len(got) < len(wire):
+                chunk = await b.read(300)
+                # every read is a run of whole records
+                pos = 0
+                while pos < len(chunk):
+                    pos += 4 + int.from_bytes(chunk[pos : pos + 4], "big")
+                assert pos == len(chunk)
+                got += chunk
+            assert got == wire
+            big = rec(b"x" * 5000)  # above the limit: handed over as it arrives
+            await a.write(big + b"\0\0\0\x10tail")  # then a record that never completes
+            await a.close()
+            rest = b""
+            while chunk := await b.read():
+                rest += chunk
+            assert rest == big + b"\0\0\0\x10tail"
+
+    asyncio.run(main())

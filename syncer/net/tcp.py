@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 
 from syncer.identity import Identity
@@ -20,6 +21,7 @@ STREAM_LIMIT = 4 << 20
 WRITE_HIGH_WATER = 4 << 20
 READ_BUFFER = 8 << 20  # receive buffer per connection; reading pauses when half full
 MIN_READ_ROOM = 256 << 10
+_U32 = struct.Struct(">I")
 
 
 class ReaderWriterStream(Stream):
@@ -86,6 +88,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._writing_paused = False
         self._on_connected = on_connected
+        self.align_limit = 0  # see TcpStream.align_reads
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -150,18 +153,39 @@ class _TlsProtocol(asyncio.BufferedProtocol):
 
     # used by TcpStream ------------------------------------------------------------------
     async def read(self, max_bytes: int) -> bytes:
-        while self._start == self._end:
-            if self._eof:
-                return b""
+        while True:
+            n = self._readable(max_bytes)
+            if n or self._eof:
+                break
             self._read_waiter = asyncio.get_running_loop().create_future()
             await self._read_waiter
-        n = min(max_bytes, self._end - self._start)
+        if not n:
+            return b""
         data = self._view[self._start : self._start + n].tobytes()
         self._start += n
         if self._reading_paused and self._end - self._start < len(self._buf) // 4 and self.transport:
             self._reading_paused = False
             self.transport.resume_reading()
         return data
+
+    def _readable(self, max_bytes: int) -> int:
+        """How many buffered bytes a read returns now (0: wait for more)."""
+        avail = self._end - self._start
+        if not avail or not self.align_limit:
+            return min(max_bytes, avail)
+        # end at a record boundary: whole records only, at least one even beyond max_bytes
+        pos, end = self._start, self._end
+        while end - pos >= 4:
+            size = 4 + _U32.unpack_from(self._buf, pos)[0]
+            if size > self.align_limit:
+                # too big to hold back for: hand over what there is, the reader joins it
+                return min(max_bytes, avail) if pos == self._start else pos - self._start
+            if pos + size > end or (pos + size - self._start > max_bytes and pos > self._start):
+                break
+            pos += size
+        if pos > self._start:
+            return pos - self._start
+        return avail if self._eof else 0
 
     async def drain(self) -> None:
         while self._writing_paused and not self.lost.done():
@@ -186,6 +210,13 @@ class TcpStream(Stream):
     async def read(self, max_bytes: int = READ_SIZE) -> bytes:
         return await self._proto.read(max_bytes)
 
+    def align_reads(self, limit: int) -> None:
+        """From now on the data is records `length:u32be | length bytes`: reads end at record
+        boundaries (for records up to `limit` bytes), so the reader can parse every record in
+        place instead of joining pieces of it. Harmless on other data: a record that is too big
+        or never completes is handed over as it comes."""
+        self._proto.align_limit = limit
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed or self._transport.is_closing():
             raise ConnectionResetError("stream closed")
@@ -193,8 +224,13 @@ class TcpStream(Stream):
         await self._proto.drain()
 
     async def writelines(self, chunks: list[bytes]) -> None:
-        # one buffer, so a small frame header does not become a TLS record of its own
-        await self.write(b"".join(chunks))
+        # written one by one, not joined: a small header costs a TLS record of its own (~30
+        # bytes), joining would cost a copy of every payload byte on the event loop
+        if self._closed or self._transport.is_closing():
+            raise ConnectionResetError("stream closed")
+        for c in chunks:
+            self._transport.write(c)
+        await self._proto.drain()
 
     async def close(self) -> None:
         if self._closed:
