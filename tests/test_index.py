@@ -109,3 +109,13 @@ def test_corrupt_database_is_a_clear_error(tmp_path):
     (tmp_path / "i.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(SyncerError, match="index database"):
         IndexDB(tmp_path / "i.db")
+
+
+def test_scan_state_limited_to_scope(tmp_path):
+    db = IndexDB(tmp_path / "i.db")
+    names = ["a", "a/b", "a/b/c", "a.txt", "a-b", "a0", "ab", "b", "b/x"]
+    db.update_local("f", [fi(n) for n in names])
+    assert set(db.scan_state("f")) == set(names)
+    assert set(db.scan_state("f", ["a"])) == {"a", "a/b", "a/b/c"}
+    assert set(db.scan_state("f", ["a/b/c", "b"])) == {"a/b/c", "b", "b/x"}
+    assert db.scan_state("f", ["zzz"]) == {}

@@ -266,14 +266,24 @@ class IndexDB:
         )
         return (_row(r) for r in cur.fetchall())
 
-    def scan_state(self, folder: str) -> dict[str, tuple[int, int, int, int, int, int, str]]:
+    def scan_state(self, folder: str, scope: Iterable[str] | None = None) -> dict[str, tuple[int, int, int, int, int, int, str]]:
         """Cheap view of the local index for change detection, without block lists:
-        name -> (type, size, mtime_ns, permissions, inode, deleted, symlink_target)."""
-        cur = self.conn.execute(
-            "SELECT name, type, size, mtime_ns, permissions, inode, deleted, symlink_target FROM files WHERE folder=? AND device=?",
-            (folder, LOCAL),
-        )
-        return {r[0]: r[1:] for r in cur.fetchall()}
+        name -> (type, size, mtime_ns, permissions, inode, deleted, symlink_target); with
+        `scope`, only those names and what lies below them (a watcher batch in a big folder
+        must not load the whole folder)."""
+        cols = "SELECT name, type, size, mtime_ns, permissions, inode, deleted, symlink_target FROM files WHERE folder=? AND device=?"
+        if scope is None:
+            return {r[0]: r[1:] for r in self.conn.execute(cols, (folder, LOCAL))}
+        out: dict[str, tuple[int, int, int, int, int, int, str]] = {}
+        q = cols + " AND name>=? AND name<?"
+        for p in scope:
+            # one key range holds p and everything below it ("0" sorts right after "/"), plus
+            # siblings like "p.txt" that are filtered out here
+            below = p + "/"
+            for r in self.conn.execute(q, (folder, LOCAL, p, p + "0")):
+                if r[0] == p or r[0].startswith(below):
+                    out[r[0]] = r[1:]
+        return out
 
     def get_many(self, folder: str, device: bytes, names: Iterable[str]) -> dict[str, FileInfo]:
         out: dict[str, FileInfo] = {}

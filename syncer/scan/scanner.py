@@ -195,7 +195,7 @@ class Scanner:
             raise FolderError(f"folder marker {self.root / MARKER} missing: folder stopped")
         result = ScanResult()
         entries, scope = self._entries(paths, result.errors)
-        state = self.db.scan_state(self.folder_id)
+        state = self.db.scan_state(self.folder_id, scope)
 
         dirty: list[_Entry] = []
         to_hash: list[_Entry] = []
@@ -226,7 +226,7 @@ class Scanner:
             for name, row in state.items()
             if not row[5] and name not in seen and _in_scope(name, scope) and not self.ignore.ignored(name, row[0] == FileType.DIRECTORY)
         ]
-        live = sum(1 for row in state.values() if not row[5])
+        live = sum(1 for row in state.values() if not row[5]) if scope is None else self.db.count(self.folder_id, LOCAL)[0]
         if not allow_mass_delete and len(gone) >= MASS_DELETE_MIN and len(gone) * 2 > live:
             raise MassDelete(len(gone), live)
         olds = self.db.get_many(self.folder_id, LOCAL, [e.name for e in dirty] + [e.name for e, _ in hashed] + gone)
