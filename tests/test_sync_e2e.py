@@ -52,6 +52,8 @@ def test_initial_sync_both_ways_then_edit_delete_rename(tmp_path):
         (da / "emptydir").mkdir()
         os.symlink("hello.txt", da / "link")
         os.chmod(da / "hello.txt", 0o640)
+        (da / "readonly.txt").write_text("read only")
+        os.chmod(da / "readonly.txt", 0o444)
         db_.mkdir()
         (db_ / "from-b.txt").write_text("hello from b")
         share_and_connect(a, b, da, db_)
@@ -59,6 +61,7 @@ def test_initial_sync_both_ways_then_edit_delete_rename(tmp_path):
         assert {"hello.txt", "from-b.txt", "sub/big.bin", "sub/deep/empty", "emptydir", "link"} <= set(t)
         assert t["link"] == ("link", "hello.txt")
         assert os.stat(db_ / "hello.txt").st_mode & 0o777 == 0o640
+        assert os.stat(db_ / "readonly.txt").st_mode & 0o777 == 0o444
         assert os.stat(db_ / "hello.txt").st_mtime_ns == os.stat(da / "hello.txt").st_mtime_ns
 
         # edit on b -> a

@@ -35,3 +35,13 @@ def test_bad_files():
     assert bad_file(wf(size=-1))
     assert bad_file(wf(type=2, symlink_target="", size=0, blocks=[]))
     assert bad_file(wf(deleted=True, blocks=[], size=0)) is None
+
+
+def test_temp_mode_keeps_owner_write_and_drops_special_bits():
+    from syncer.model.safe_write import final_mode, temp_mode
+
+    assert temp_mode(0o644) == final_mode(0o644) == 0o644  # no chmod needed when applied
+    assert temp_mode(0o755) == 0o755
+    assert (temp_mode(0o444), final_mode(0o444)) == (0o644, 0o444)
+    assert (temp_mode(0o4755), final_mode(0o4755)) == (0o755, 0o4755)
+    assert final_mode(0) == temp_mode(0) == 0o644

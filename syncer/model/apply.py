@@ -104,7 +104,9 @@ def apply_batch(
                 safe_write.archive(root, glob.name, now)
             elif final.is_dir() and not final.is_symlink():
                 os.rmdir(final)  # a directory became a file; only if empty
-            os.chmod(tmp, glob.permissions & 0o7777 or 0o644)
+            perms = safe_write.final_mode(glob.permissions)
+            if perms != safe_write.temp_mode(glob.permissions):  # read-only: the temp was not
+                os.chmod(tmp, perms)
             os.utime(tmp, ns=(glob.mtime_ns, glob.mtime_ns))
             os.replace(tmp, final)
             out.applied.append(with_disk_identity(root, glob))

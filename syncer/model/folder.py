@@ -514,15 +514,21 @@ class FolderRuntime:
         known = self.db.known_hashes(self.id, (h for glob, _ in items for h in glob.blocks))
         for glob, n in items:
             tmp = self.root / safe_write.temp_name(glob.name)
+            # the temp file gets the final permissions now (kept owner-writable so a resume can
+            # reopen it), which spares most files a chmod when they are applied
+            mode = safe_write.temp_mode(glob.permissions)
             try:
                 tmp.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT, mode)
+                st = os.fstat(fd)
+                if st.st_mode & 0o7777 != mode:  # umask, or an older temp file
+                    os.fchmod(fd, mode)
             except OSError as e:
                 log.warning("folder %s: cannot create %s: %s", self.id, tmp, e)
                 self.retry_at[glob.name] = time.monotonic() + RETRY_DELAY
                 continue
             have: set[int] = set()
-            existing = os.fstat(fd).st_size
+            existing = st.st_size
             bs = glob.block_size
             for i, h in enumerate(glob.blocks):
                 off = i * bs

@@ -25,6 +25,16 @@ def temp_name(name: str) -> str:
     return posixpath.join(head, t) if head else t
 
 
+def final_mode(permissions: int) -> int:
+    return permissions & 0o7777 or 0o644
+
+
+def temp_mode(permissions: int) -> int:
+    """A download's temp file: the final permission bits, but owner-writable (a resume reopens
+    it for writing) and without setuid/setgid/sticky (a write clears those anyway)."""
+    return (final_mode(permissions) | 0o200) & 0o777
+
+
 def is_temp_name(name: str) -> bool:
     base = posixpath.basename(name)
     return base.startswith(TEMP_PREFIX) and base.endswith(TEMP_SUFFIX)
