@@ -86,6 +86,7 @@ class SyncModel:
         self._ids = itertools.count(1)
         self._local = threading.local()
         self.hasher = ThreadPoolExecutor(2, thread_name_prefix="verify")
+        self._schedule_pending: set[str] = set()  # folders with a schedule() due this loop turn
         self._send_queue: dict[DeviceId, list[Message]] = {}
         self.send_bucket = TokenBucket(config.get("limits.max_send_kbps") * 1024)
         self.recv_bucket = TokenBucket(config.get("limits.max_recv_kbps") * 1024)
@@ -313,6 +314,17 @@ class SyncModel:
 
     # --- requests -----------------------------------------------------------------------
     def schedule(self, folder: FolderRuntime) -> None:
+        """Top up the request pipelines of `folder`, once per event-loop turn however many
+        pieces, haves and bitfields arrived in it (one read often carries dozens)."""
+        if folder.id in self._schedule_pending:
+            return
+        self._schedule_pending.add(folder.id)
+        asyncio.get_running_loop().call_soon(self._schedule_now, folder)
+
+    def _schedule_now(self, folder: FolderRuntime) -> None:
+        self._schedule_pending.discard(folder.id)
+        if self.folders.get(folder.id) is not folder:
+            return  # removed meanwhile
         now = time.monotonic()
         for dev, session in list(folder.peers.items()):
             if dev in self.choked_by or session.closed:
@@ -327,7 +339,9 @@ class SyncModel:
             if not refs:
                 continue
             msgs: list[Message] = []
+            used = 0
             for ref in refs:
+                used += 1
                 job = folder.jobs.get(ref.file)
                 if job is None:
                     folder.picker.failed(dev, ref)
@@ -343,7 +357,7 @@ class SyncModel:
                 msgs.append(Request(rid, folder.id, ref.file, ref.index, off, size, g.blocks[ref.index]))
                 if counts[1] >= budget:
                     break
-            for ref in refs[len(msgs) :]:
+            for ref in refs[used:]:  # picked beyond the byte budget: hand them back
                 folder.picker.failed(dev, ref)
             self._enqueue(session, msgs)
 

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 STREAM_LIMIT = 4 << 20
 WRITE_HIGH_WATER = 4 << 20
-READ_BUFFER = 8 << 20  # receive buffer per connection; reading pauses when half full
+READ_BUFFER = 256 << 10  # initial receive buffer per connection; grows while data is held
+READ_HIGH_WATER = 4 << 20  # unread bytes at which reading from the socket pauses
 MIN_READ_ROOM = 256 << 10
 _U32 = struct.Struct(">I")
 
@@ -105,8 +106,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         if len(self._buf) - self._end < MIN_READ_ROOM:
             unread = self._end - self._start
             if unread + MIN_READ_ROOM > len(self._buf):
-                # more unread than the buffer holds (reading is paused above half of it, so
-                # only a burst already decrypted gets here): grow
+                # grow (bounded: reading pauses at READ_HIGH_WATER unread bytes)
                 buf = bytearray(2 * len(self._buf))
                 buf[:unread] = self._view[self._start : self._end]
                 self._buf, self._view = buf, memoryview(buf)
@@ -117,7 +117,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
-        if not self._reading_paused and self._end - self._start >= len(self._buf) // 2 and self.transport:
+        if not self._reading_paused and self._end - self._start >= READ_HIGH_WATER and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()
         self._wake_reader()
@@ -163,7 +163,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
             return b""
         data = self._view[self._start : self._start + n].tobytes()
         self._start += n
-        if self._reading_paused and self._end - self._start < len(self._buf) // 4 and self.transport:
+        if self._reading_paused and self._end - self._start < READ_HIGH_WATER // 4 and self.transport:
             self._reading_paused = False
             self.transport.resume_reading()
         return data
@@ -215,7 +215,8 @@ class TcpStream(Stream):
         boundaries (for records up to `limit` bytes), so the reader can parse every record in
         place instead of joining pieces of it. Harmless on other data: a record that is too big
         or never completes is handed over as it comes."""
-        self._proto.align_limit = limit
+        # a record held back must fit below the point where reading pauses
+        self._proto.align_limit = min(limit, READ_HIGH_WATER // 2)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed or self._transport.is_closing():
