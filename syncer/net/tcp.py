@@ -22,6 +22,7 @@ WRITE_HIGH_WATER = 4 << 20
 READ_BUFFER = 256 << 10  # initial receive buffer per connection; grows while data is held
 READ_HIGH_WATER = 4 << 20  # unread bytes at which reading from the socket pauses
 MIN_READ_ROOM = 256 << 10
+COMPACT_FROM = 2 << 20  # below this size the buffer grows instead of compacting
 _U32 = struct.Struct(">I")
 
 
@@ -105,8 +106,10 @@ class _TlsProtocol(asyncio.BufferedProtocol):
             self._start = self._end = 0
         if len(self._buf) - self._end < MIN_READ_ROOM:
             unread = self._end - self._start
-            if unread + MIN_READ_ROOM > len(self._buf):
-                # grow (bounded: reading pauses at READ_HIGH_WATER unread bytes)
+            if unread + MIN_READ_ROOM > len(self._buf) or (unread and len(self._buf) < COMPACT_FROM):
+                # grow rather than move unread data to the front over and over: a connection
+                # carrying bulk data settles at a few MiB (bounded: reading pauses at
+                # READ_HIGH_WATER unread bytes); an idle one keeps READ_BUFFER
                 buf = bytearray(2 * len(self._buf))
                 buf[:unread] = self._view[self._start : self._end]
                 self._buf, self._view = buf, memoryview(buf)
