@@ -277,8 +277,10 @@ class FolderRuntime:
         index_id, seq = their_view_of_us
         self.sent_seq[dev] = seq if index_id == our_index_id else -1
         await self._send_index(dev)
-        # what they already hold becomes a source
+        # what they already hold becomes a source, also for downloads already under way
+        # (after a reconnect nothing else would ask this peer for their blocks)
         self._refresh_sources(dev)
+        self.model.schedule(self)
         self.wake.set()
 
     def peer_gone(self, dev: DeviceId) -> None:
@@ -348,6 +350,7 @@ class FolderRuntime:
             self.model.index_info[(self.id, dev)] = (idx, max(seq, max(f.sequence for f in good)))
         self.recompute(gone | {f.name for f in good})
         self._refresh_sources(dev, {f.name for f in good})
+        self.model.schedule(self)
         self.wake.set()
 
     # --- global state and need -------------------------------------------------------

@@ -201,14 +201,21 @@ class SyncModel:
 
     # --- sessions -------------------------------------------------------------------------
     async def on_connected(self, session: PeerSession) -> None:
+        old = self.sessions.get(session.device)
+        if old is not None and old is not session:
+            # a better connection replaced this one: what was asked on the old one will never
+            # be answered, so forget it now (its own on_disconnected comes too late to tell)
+            self._forget(old)
         self.sessions[session.device] = session
         self.inflight[session.device] = [0, 0]
         self.connected_at[session.device] = time.monotonic()
         await self._send_cluster_config(session)
 
     def on_disconnected(self, session: PeerSession) -> None:
-        if self.sessions.get(session.device) is not session:
-            return
+        if self.sessions.get(session.device) is session:
+            self._forget(session)
+
+    def _forget(self, session: PeerSession) -> None:
         del self.sessions[session.device]
         for f in self.folders.values():
             f.peer_gone(session.device)
