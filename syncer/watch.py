@@ -93,11 +93,11 @@ class FolderWatcher:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
                 for p in (event.src_path, getattr(event, "dest_path", "")):
-                    # drop syncer's own temp files and .syncer/ here, in the watchdog thread:
-                    # a download writes its temp file block by block, and waking the event
-                    # loop for each of those writes is measurable
-                    if p and not watcher._own(os.fsdecode(p)):
-                        watcher._hand_over(os.fsdecode(p))
+                    # filtered here, in the watchdog thread: a download writes its temp file
+                    # block by block, and waking the event loop for each write is measurable
+                    rel = watcher._relative(os.fsdecode(p)) if p else None
+                    if rel is not None:
+                        watcher._hand_over(rel)
 
         self._observer = Observer()
         # no open/close-without-write events: with inotify they come from every read of a
@@ -119,39 +119,32 @@ class FolderWatcher:
             self._observer.join(5)
             self._observer = None
 
-    def _own(self, path: str) -> bool:
-        base = os.path.basename(path)
-        if base.startswith(".syncer.") and base.endswith(".tmp"):
-            return True
-        rel = path[len(str(self.root)) :]
-        marker = os.sep + ".syncer"
-        return rel == marker or rel.startswith(marker + os.sep)
+    def _relative(self, path: str) -> str | None:
+        """Watchdog thread: the folder-relative NFC name of `path`, None for what is never
+        synced (outside the folder, .syncer/, temp files, OS junk)."""
+        try:
+            rel = os.path.relpath(path, self.root)
+        except ValueError:
+            return None
+        if rel == "." or rel.startswith(".."):
+            return None
+        rel = unicodedata.normalize("NFC", rel.replace(os.sep, "/"))
+        return None if always_ignored(rel) else rel
 
-    def _hand_over(self, path: str) -> None:
-        """Watchdog thread: queue a path; wake the event loop only for the first of a burst."""
+    def _hand_over(self, rel: str) -> None:
+        """Watchdog thread: queue a name; wake the event loop only for the first of a burst."""
         with self._lock:
-            self._incoming.append(path)
+            self._incoming.append(rel)
             first = len(self._incoming) == 1
         if first:
             self.loop.call_soon_threadsafe(self._take_incoming)
 
     def _take_incoming(self) -> None:
         with self._lock:
-            paths, self._incoming = self._incoming, []
-        for p in paths:
-            self._raw(p)
-
-    def _raw(self, path: str) -> None:
-        try:
-            rel = os.path.relpath(path, self.root)
-        except ValueError:
-            return
-        if rel == "." or rel.startswith(".."):
-            return
-        rel = unicodedata.normalize("NFC", rel.replace(os.sep, "/"))
-        if always_ignored(rel):
-            return
-        self.agg.add(rel, time.monotonic())
+            names, self._incoming = self._incoming, []
+        now = time.monotonic()
+        for rel in names:
+            self.agg.add(rel, now)
         self._wake.set()
 
     async def next_batch(self) -> set[str]:

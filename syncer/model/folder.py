@@ -248,8 +248,7 @@ class FolderRuntime:
             log.warning("folder %s: watcher unavailable (%s); relying on periodic rescans", self.id, e)
             return
         while True:
-            batch = await self.watcher.next_batch()
-            batch = {p for p in batch if not safe_write.is_temp_name(p)}
+            batch = await self.watcher.next_batch()  # temp files are never reported
             log.debug("folder %s: watcher reports %d changed paths", self.id, len(batch))
             if batch:
                 await self.scan(batch)
@@ -725,26 +724,23 @@ class FolderRuntime:
     def _open_for_serving(self, f: FileInfo) -> int | None:
         """A cached read-only fd of the file, if the file on disk is still the version `f`
         (opening per block would cost syscalls and a watcher event each time)."""
-        cached = self._serving.pop(f.name, None)
-        for attempt in (cached, None):
-            if attempt is None:
-                try:
-                    fd = os.open(self.root / f.name, os.O_RDONLY)
-                except OSError:
-                    return None
-            else:
-                fd = attempt
-            st = os.fstat(fd)
-            if st.st_size == f.size and st.st_mtime_ns == f.mtime_ns:
-                self._serving[f.name] = fd
-                while len(self._serving) > SERVING_FDS:
-                    os.close(self._serving.pop(next(iter(self._serving))))
-                return fd
-            os.close(fd)
-            if attempt is None:
-                # changed since the last scan: a rescan will announce it
-                asyncio.ensure_future(self.scan({f.name}))
+        fd = self._serving.pop(f.name, None)
+        if fd is not None and not _is_version(fd, f):
+            os.close(fd)  # replaced since we opened it
+            fd = None
+        if fd is None:
+            try:
+                fd = os.open(self.root / f.name, os.O_RDONLY)
+            except OSError:
                 return None
+            if not _is_version(fd, f):
+                os.close(fd)
+                asyncio.ensure_future(self.scan({f.name}))  # changed since the last scan
+                return None
+        self._serving[f.name] = fd
+        while len(self._serving) > SERVING_FDS:
+            os.close(self._serving.pop(next(iter(self._serving))))
+        return fd
         return None
 
     # --- status -----------------------------------------------------------------------
@@ -772,6 +768,11 @@ class FolderRuntime:
             "local_bytes": local_bytes,
             "peers": {str(dev): dict(vars(st)) for dev, st in self.stats.items()},
         }
+
+
+def _is_version(fd: int, f: FileInfo) -> bool:
+    st = os.fstat(fd)
+    return st.st_size == f.size and st.st_mtime_ns == f.mtime_ns
 
 
 async def _send_quiet(session: PeerSession, msg: Any) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import struct
 from collections.abc import Callable
@@ -222,10 +221,7 @@ class TcpStream(Stream):
         self._proto.align_limit = min(limit, READ_HIGH_WATER // 2)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed or self._transport.is_closing():
-            raise ConnectionResetError("stream closed")
-        self._transport.write(data)
-        await self._proto.drain()
+        await self.writelines([data])  # type: ignore[list-item]
 
     async def writelines(self, chunks: list[bytes]) -> None:
         # written one by one, not joined: a small header costs a TLS record of its own (~30
@@ -315,11 +311,7 @@ class TcpTransport:
             )
         except (TimeoutError, OSError, ssl.SSLError) as e:
             raise TransportError(f"cannot connect to {url}: {e or type(e).__name__}") from None
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
+        try:  # (asyncio sets TCP_NODELAY on every TCP transport itself)
             return TcpStream(proto)
         except (ssl.SSLError, OSError, ValueError) as e:
             transport.abort()

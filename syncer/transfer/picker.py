@@ -54,6 +54,12 @@ class _File:
         for i in self.partial.pop(peer, ()):
             self.partial_count[i] -= 1
 
+    def drop_block(self, peer: Peer, i: int) -> None:
+        """The partial holder `peer` turned out not to have block i (or no good copy of it)."""
+        if i in self.partial.get(peer, ()):
+            self.partial[peer].discard(i)
+            self.partial_count[i] -= 1
+
     def add_partial(self, peer: Peer, i: int) -> None:
         held = self.partial.setdefault(peer, set())
         if i not in held:
@@ -156,9 +162,7 @@ class Picker:
         if f is None:
             return
         f.full_holders.discard(peer)
-        if ref.index in f.partial.get(peer, ()):
-            f.partial[peer].discard(ref.index)
-            f.partial_count[ref.index] -= 1
+        f.drop_block(peer, ref.index)
 
     def holders(self, name: str) -> set[Peer]:
         f = self.files.get(name)
@@ -252,9 +256,8 @@ class Picker:
         if bad_data:
             self.bad[peer] = self.bad.get(peer, 0) + 1
             f = self.files.get(ref.file)
-            if f and ref.index in f.partial.get(peer, ()):  # it evidently has no good copy
-                f.partial[peer].discard(ref.index)
-                f.partial_count[ref.index] -= 1
+            if f:
+                f.drop_block(peer, ref.index)  # it evidently has no good copy
 
     def timeouts(self, now: float, timeout: float) -> list[tuple[Peer, BlockRef]]:
         expired = [(p, ref) for ref, reqs in self.in_flight.items() for p, t in reqs.items() if now - t > timeout]
