@@ -140,6 +140,14 @@ class PeerSession:
             raise ConnectionResetError("session closed")
         await self._write(self.conn.send(msg, time.monotonic()))
 
+    async def send_many(self, msgs: list[Message]) -> None:
+        """Send `msgs` in order as one write: a refill of dozens of requests is one TLS record
+        and one segment, not one per request."""
+        if self._closed.is_set():
+            raise ConnectionResetError("session closed")
+        now = time.monotonic()
+        await self._write(b"".join([self.conn.send(m, now) for m in msgs]))
+
     async def send_piece(self, request_id: int, data: bytes | memoryview) -> None:
         if self._closed.is_set():
             raise ConnectionResetError("session closed")

@@ -31,6 +31,9 @@ class FakeSession:
     async def send(self, msg) -> None:
         self.sent.append(msg)
 
+    async def send_many(self, msgs) -> None:
+        self.sent.extend(msgs)
+
 
 def model(tmp_path: Path, unlimited: bool) -> SyncModel:
     cfg = Config(tomlkit.document(), tmp_path / "config.toml")

@@ -384,8 +384,7 @@ class SyncModel:
         try:
             while self._send_queue.get(dev):
                 batch, self._send_queue[dev] = self._send_queue[dev], []
-                for m in batch:
-                    await session.send(m)
+                await session.send_many(batch)
         except (ConnectionError, RuntimeError, OSError):
             pass
         finally:

@@ -224,12 +224,12 @@ class TcpStream(Stream):
         await self.writelines([data])  # type: ignore[list-item]
 
     async def writelines(self, chunks: list[bytes]) -> None:
-        # written one by one, not joined: a small header costs a TLS record of its own (~30
-        # bytes), joining would cost a copy of every payload byte on the event loop
+        # not joined: a small header costs a TLS record of its own (~30 bytes), joining would
+        # cost a copy of every payload byte on the event loop; the SSL transport encrypts
+        # the list and hands the socket all of it at once
         if self._closed or self._transport.is_closing():
             raise ConnectionResetError("stream closed")
-        for c in chunks:
-            self._transport.write(c)
+        self._transport.writelines([c for c in chunks if c])
         await self._proto.drain()
 
     async def close(self) -> None:
