@@ -8,6 +8,7 @@ from syncer.errors import FolderError
 from syncer.ignore import Ignore
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import FileType
+from syncer.model import safe_write
 from syncer.scan import Scanner, block_size_for
 from syncer.scan import scanner as scanner_mod
 
@@ -111,6 +112,19 @@ def test_ignored_and_internal_files_skipped(folder, tmp_path):
     s = make(folder, tmp_path, ignore=Ignore.load(folder))
     names = {f.name for f in s.scan().changed}
     assert names == {".syncerignore", "keep"}
+
+
+def test_download_temp_files_are_reported_not_indexed(folder, tmp_path):
+    (folder / "sub").mkdir()
+    (folder / "sub" / ".syncer.photo.jpg.tmp").write_bytes(b"partial")
+    os.utime(folder / "sub" / ".syncer.photo.jpg.tmp", (1000.0, 1000.0))
+    (folder / ".syncer.top.tmp").write_text("x")
+    r = make(folder, tmp_path).scan()
+    assert {f.name for f in r.changed} == {"sub"}
+    assert sorted(r.temp_files)[1] == ("sub/.syncer.photo.jpg.tmp", 1000.0)
+    assert sorted(n for n, _ in r.temp_files) == [".syncer.top.tmp", "sub/.syncer.photo.jpg.tmp"]
+    assert [safe_write.final_name(n) for n, _ in sorted(r.temp_files)] == ["top", "sub/photo.jpg"]
+    assert safe_write.final_name(safe_write.temp_name("a/b/c.txt")) == "a/b/c.txt"
 
 
 def test_nfc_names(folder, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,26 @@ def test_many_small_files_arrive_and_leave_no_temp_files(tmp_path):
         assert len(t) == 1504
         wait_until(lambda: folder_status(b, FID)["state"] == "idle", what="receiver idle")
         assert sorted(p.name for p in db_.rglob(".syncer.*.tmp")) == []
+
+
+def test_stale_temp_files_are_removed_fresh_ones_kept(tmp_path):
+    # a crash (or a download abandoned after the file was deleted everywhere) leaves a temp file
+    # that nothing will resume: removed once a day old, like Syncthing's keepTemporariesH
+    with cluster(tmp_path, "a") as (a,):
+        da = tmp_path / "A"
+        share(a, da, FID)
+        (da / "keep.txt").write_text("kept")
+        a.start()
+        (da / "sub").mkdir()
+        stale, fresh = da / "sub" / ".syncer.gone.bin.tmp", da / ".syncer.recent.bin.tmp"
+        stale.write_bytes(os.urandom(1000))
+        fresh.write_bytes(os.urandom(1000))
+        two_days_ago = time.time() - 2 * 86400
+        os.utime(stale, (two_days_ago, two_days_ago))
+        a.syncer("scan", FID, check=True)  # returns once the scan is done
+        assert not stale.exists() and fresh.exists()
+        assert (da / "keep.txt").read_text() == "kept"
+        assert "removed stale temp file sub/.syncer.gone.bin.tmp" in a.log_text()
 
 
 def test_initial_sync_both_ways_then_edit_delete_rename(tmp_path):

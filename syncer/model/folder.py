@@ -61,6 +61,7 @@ REQUEST_TIMEOUT = 60.0
 FINISH_BATCH = 500
 RETRY_DELAY = 5.0
 SERVING_FDS = 64
+TEMP_KEEP_S = 24 * 3600  # an unneeded download temp file is removed after this long untouched
 
 
 @dataclass
@@ -228,10 +229,27 @@ class FolderRuntime:
             self.local[f.name] = f
         for name, msg in result.errors:
             log.warning("folder %s: cannot scan %s: %s", self.id, name, msg)
+        if result.temp_files:
+            self._drop_stale_temps(result.temp_files, time.time())
         if changed:
             self.recompute({f.name for f in changed})
             await self.push_updates()
         return {"folder": self.id, "changed": len(result.changed), "deleted": len(result.deleted), "errors": len(result.errors)}
+
+    def _drop_stale_temps(self, temps: list[tuple[str, float]], now: float) -> None:
+        """Remove download temp files left by a crash or an abandoned download: untouched for
+        TEMP_KEEP_S and belonging to no file this device still needs (those resume from them)."""
+        for tmp, mtime in temps:
+            name = safe_write.final_name(tmp)
+            if now - mtime < TEMP_KEEP_S or name in self.needed or name in self.jobs or name in self.applying:
+                continue
+            try:
+                os.unlink(self.root / tmp)
+                log.info("folder %s: removed stale temp file %s", self.id, tmp)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("folder %s: cannot remove stale temp file %s: %s", self.id, tmp, e.strerror or e)
 
     def _stopped(self) -> None:
         self.state = "stopped"

@@ -35,6 +35,13 @@ def temp_mode(permissions: int) -> int:
     return (final_mode(permissions) | 0o200) & 0o777
 
 
+def final_name(temp: str) -> str:
+    """The file a temp file (as made by temp_name) is the download of."""
+    head, base = posixpath.split(temp)
+    base = base[len(TEMP_PREFIX) : len(base) - len(TEMP_SUFFIX)]
+    return posixpath.join(head, base) if head else base
+
+
 def is_temp_name(name: str) -> bool:
     base = posixpath.basename(name)
     return base.startswith(TEMP_PREFIX) and base.endswith(TEMP_SUFFIX)

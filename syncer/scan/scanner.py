@@ -24,6 +24,7 @@ from syncer.ignore import Ignore
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
+from syncer.model.safe_write import is_temp_name
 from syncer.scan.blocksize import block_size_for
 
 RANGE_BYTES = 16 << 20  # big files are hashed in ranges of this size, in parallel
@@ -39,6 +40,9 @@ class ScanResult:
     changed: list[FileInfo] = field(default_factory=list)
     deleted: list[FileInfo] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    # download temp files walked past (name, mtime): never indexed, but the folder removes
+    # stale ones that no download will resume
+    temp_files: list[tuple[str, float]] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
     hashed_bytes: int = 0
@@ -118,7 +122,8 @@ class Scanner:
         self.workers = workers or max(2, os.cpu_count() or 2)
 
     # --- walking -------------------------------------------------------------------
-    def _walk(self, rel: str, out: list[_Entry], errors: list[tuple[str, str]]) -> None:
+    def _walk(self, rel: str, out: list[_Entry], result: ScanResult) -> None:
+        errors = result.errors
         base = os.path.join(str(self.root), rel) if rel else str(self.root)
         try:
             it = os.scandir(base)
@@ -141,11 +146,14 @@ class Scanner:
                     continue
                 mode = st.st_mode
                 is_dir = stat.S_ISDIR(mode)
+                if not is_dir and stat.S_ISREG(mode) and is_temp_name(de.name):
+                    result.temp_files.append((nfc, st.st_mtime))
+                    continue
                 if self.ignore.ignored(nfc, is_dir):
                     continue
                 if is_dir:
                     out.append(_Entry(nfc, de.path, st, FileType.DIRECTORY))
-                    self._walk(name, out, errors)
+                    self._walk(name, out, result)
                 elif stat.S_ISREG(mode):
                     out.append(_Entry(nfc, de.path, st, FileType.FILE))
                 elif stat.S_ISLNK(mode):
@@ -156,11 +164,12 @@ class Scanner:
                 else:
                     errors.append((nfc, "not a regular file, directory or symlink (skipped)"))
 
-    def _entries(self, paths: Iterable[str] | None, errors: list[tuple[str, str]]) -> tuple[list[_Entry], list[str] | None]:
+    def _entries(self, paths: Iterable[str] | None, result: ScanResult) -> tuple[list[_Entry], list[str] | None]:
         """Entries to consider, and the scope (None = whole folder, else name prefixes)."""
+        errors = result.errors
         if paths is None:
             out: list[_Entry] = []
-            self._walk("", out, errors)
+            self._walk("", out, result)
             return out, None
         out = []
         scope: list[str] = []
@@ -182,7 +191,7 @@ class Scanner:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 out.append(_Entry(p, full, st, FileType.DIRECTORY))
-                self._walk(p, out, errors)
+                self._walk(p, out, result)
             elif stat.S_ISREG(st.st_mode):
                 out.append(_Entry(p, full, st, FileType.FILE))
             elif stat.S_ISLNK(st.st_mode):
@@ -194,7 +203,7 @@ class Scanner:
         if not (self.root / MARKER).is_dir():
             raise FolderError(f"folder marker {self.root / MARKER} missing: folder stopped")
         result = ScanResult()
-        entries, scope = self._entries(paths, result.errors)
+        entries, scope = self._entries(paths, result)
         state = self.db.scan_state(self.folder_id, scope)
 
         dirty: list[_Entry] = []
