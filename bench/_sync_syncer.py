@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench._sync_others import edit_poll
@@ -45,8 +46,11 @@ def _nodes(root: Path, names: list[str]) -> list[Node]:
     return [Node(root, n) for n in names]
 
 
-def initial_sync(root: Path, src: Path, receivers: int = 1, timeout: float = 900) -> tuple[float, list[Node]]:
-    """Time from pairing (daemons already running, seed scanned) until every receiver has it all."""
+def initial_sync(
+    root: Path, src: Path, receivers: int = 1, timeout: float = 900, before: Callable[[], None] | None = None
+) -> tuple[float, list[Node]]:
+    """Time from pairing (daemons already running, seed scanned) until every receiver has it
+    all; `before` runs just before the clock starts."""
     nodes = _nodes(root, ["seed"] + [f"r{i}" for i in range(receivers)])
     try:
         share(nodes[0], src, FID)
@@ -56,6 +60,8 @@ def initial_sync(root: Path, src: Path, receivers: int = 1, timeout: float = 900
             n.start()
         want = folder_status(nodes[0], FID)["local_bytes"]
         files = folder_status(nodes[0], FID)["local_files"]
+        if before is not None:
+            before()
         t = time.perf_counter()
         pair_instantly(nodes)
 

@@ -17,6 +17,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import _sync_others as others
@@ -54,14 +55,15 @@ def digest(d: Path) -> dict[str, str]:
     return out
 
 
-def warm_memory(fraction: float = 0.75) -> int:
-    """Touch most of the free RAM once, then give it back; returns the bytes touched.
+def warm_memory(nbytes: int) -> None:
+    """Touch `nbytes` of RAM (at most 3/4 of what is available) and free it again.
 
-    This VM backs guest memory lazily: the first write to a page costs a host fault, so writing
-    a file into never-used page cache runs at ~0.4 GB/s, into reused pages at 1-4 GB/s. Without
-    this, whichever tool happens to get fresh pages (most of them, early in a VM's life) is
-    measured writing at a fraction of the speed of the others. Real machines (and long-running
-    VMs) have their memory backed; every tool is measured after this, alike."""
+    This VM backs guest memory lazily and takes freed memory back within seconds (free page
+    reporting): writing a file into page cache that was never used, or freed more than a few
+    seconds ago, runs at ~0.4-0.7 GB/s; into pages freed just before, at 3-4 GB/s (the kernel
+    hands out unreported pages first). Which one a tool gets is luck, and for W1 it decides the
+    result. So every tool's measured sync starts right after this, alike: its writes land in
+    backed memory, as on a real machine. `--no-warm` measures without it."""
     avail = 0
     with open("/proc/meminfo") as f:
         for line in f:
@@ -71,7 +73,7 @@ def warm_memory(fraction: float = 0.75) -> int:
     zeros = bytes(64 * MiB)
     maps = []
     try:
-        for _ in range(int(avail * fraction) // chunk):
+        for _ in range(min(nbytes, avail * 3 // 4) // chunk):
             m = mmap.mmap(-1, chunk)
             for _ in range(chunk // len(zeros)):
                 m.write(zeros)
@@ -79,7 +81,6 @@ def warm_memory(fraction: float = 0.75) -> int:
     finally:
         for m in maps:
             m.close()
-    return len(maps) * chunk
 
 
 def pct(values: list[float], q: float) -> float:
@@ -109,7 +110,9 @@ def st_wait(b: others.Syncthing, files: int, nbytes: int, timeout: float) -> Non
     raise TimeoutError("syncthing did not finish")
 
 
-def st_initial(root: Path, src: Path, files: int, nbytes: int, timeout: float) -> tuple[float, others.Syncthing, others.Syncthing]:
+def st_initial(
+    root: Path, src: Path, files: int, nbytes: int, timeout: float, before: Callable[[], None] | None = None
+) -> tuple[float, others.Syncthing, others.Syncthing]:
     dst = root / "st-dst"
     a, b = syncthing_pair(root, src, dst)
     a.start()
@@ -118,6 +121,8 @@ def st_initial(root: Path, src: Path, files: int, nbytes: int, timeout: float) -
         if time.monotonic() > deadline:
             raise TimeoutError("syncthing scan")
         time.sleep(0.05)
+    if before is not None:
+        before()
     t = time.perf_counter()
     b.start()
     st_wait(b, files, nbytes, timeout)
@@ -131,14 +136,15 @@ def main() -> None:
     ap.add_argument("--no-syncthing", action="store_true")
     ap.add_argument("--no-warm", action="store_true", help="skip touching free RAM first (see warm_memory)")
     args = ap.parse_args()
-    if not args.no_warm:
-        t = time.perf_counter()
-        print(f"warmed {warm_memory() / (1 << 30):.1f} GiB of RAM in {time.perf_counter() - t:.1f} s", flush=True)
     only = set(args.only.upper().split(","))
     big = (16 if args.quick else 256) * MiB
     n_small = 1000 if args.quick else 10_000
     base = Path(os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="syncer-bench-sync-"))
     use_st = others.syncthing_available() and not args.no_syncthing
+
+    def warm(nbytes: int) -> Callable[[], None]:
+        return (lambda: None) if args.no_warm else (lambda: warm_memory(nbytes))
+
     rows: list[tuple[str, str, str, str, str]] = []
 
     class Rows(list):  # print each result as soon as it is measured
@@ -153,7 +159,7 @@ def main() -> None:
             total = make_big(src, 4, big)
             # syncer
             root = base / "w1-syncer"
-            dt, nodes = sy.initial_sync(root, src)
+            dt, nodes = sy.initial_sync(root, src, before=warm(2 * total))
             try:
                 mismatch = set(digest(src).items()) ^ set(digest(root / "dst-r0").items())
                 assert not mismatch, f"W1: receiver differs from source: {sorted(mismatch)[:5]}"
@@ -167,6 +173,7 @@ def main() -> None:
             shutil.copytree(src, src2)
             rs = others.RsyncDaemon(base, src2)
             try:
+                warm(2 * total)()
                 t, _ = rs.pull(base / "w1-rsync")
                 rs_w1 = total / t / 1e6
                 (src2 / "edit.bin").write_bytes(os.urandom(4096))
@@ -181,7 +188,7 @@ def main() -> None:
             if use_st:
                 src3 = base / "w1-src-st"
                 shutil.copytree(src, src3, ignore=shutil.ignore_patterns(".syncer"))
-                t, a, b = st_initial(base / "w1-st", src3, 4, total, 900)
+                t, a, b = st_initial(base / "w1-st", src3, 4, total, 900, before=warm(2 * total))
                 try:
                     st_w1 = total / t / 1e6
                     st_lat = others.edit_poll(src3, base / "w1-st" / "st-dst", 10) if "W3" in only else []
@@ -213,7 +220,7 @@ def main() -> None:
         if "W2" in only:
             src = base / "w2-src"
             make_small(src, n_small, 4096)
-            dt, nodes = sy.initial_sync(base / "w2-syncer", src)
+            dt, nodes = sy.initial_sync(base / "w2-syncer", src, before=warm(1 << 30))
             sy.stop_all(nodes)
             mismatch = set(digest(src).items()) ^ set(digest(base / "w2-syncer" / "dst-r0").items())
             assert not mismatch, f"W2: receiver differs from source: {sorted(mismatch)[:5]}"
@@ -222,6 +229,7 @@ def main() -> None:
             shutil.copytree(src, src2, ignore=shutil.ignore_patterns(".syncer"))
             rs = others.RsyncDaemon(base, src2)
             try:
+                warm(1 << 30)()
                 t, _ = rs.pull(base / "w2-rsync")
             finally:
                 rs.stop()
@@ -229,7 +237,7 @@ def main() -> None:
             if use_st:
                 src3 = base / "w2-src-st"
                 shutil.copytree(src, src3, ignore=shutil.ignore_patterns(".syncer"))
-                tt, a, b = st_initial(base / "w2-st", src3, n_small, n_small * 4096, 900)
+                tt, a, b = st_initial(base / "w2-st", src3, n_small, n_small * 4096, 900, before=warm(1 << 30))
                 a.stop()
                 b.stop()
                 st_w2 = n_small / tt
@@ -237,9 +245,9 @@ def main() -> None:
         if "W5" in only:
             src = base / "w5-src"
             make_big(src, 1, big)
-            t1, nodes = sy.initial_sync(base / "w5-1to1", src, receivers=1)
+            t1, nodes = sy.initial_sync(base / "w5-1to1", src, receivers=1, before=warm(2 * big))
             sy.stop_all(nodes)
-            t7, nodes = sy.initial_sync(base / "w5-1to7", src, receivers=7)
+            t7, nodes = sy.initial_sync(base / "w5-1to7", src, receivers=7, before=warm(14 * big))
             sy.stop_all(nodes)
             rows.append((f"W5 1 -> 7 receivers of {big // MiB} MiB vs 1 -> 1 (s)", f"{t7:.1f} vs {t1:.1f} = {t7 / t1:.2f}x", "-", "-", "<= 2.5x"))
     finally:

@@ -156,6 +156,13 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("watch.enabled", bool, True, "watch folders for changes"),
         Setting(
+            "watch.modify_events",
+            bool,
+            False,
+            "also react to every write to a file still open (inotify IN_MODIFY); by default a "
+            "change is seen when the writer closes the file, files kept open at the next rescan",
+        ),
+        Setting(
             "watch.delay_ms",
             int,
             100,

@@ -22,6 +22,7 @@ from syncer.deviceid import DeviceId
 from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
 from syncer.identity import load_or_create
+from syncer.memtune import tune_malloc
 from syncer.model.sync import SyncModel
 from syncer.nat.attempts import execute
 from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
@@ -431,6 +432,7 @@ def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = 
     # ping-pong between them (+10-15 % files/s syncing many small files, measured) while a
     # busy worker can still hold up the event loop by at most 20 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    tune_malloc()  # blocks from the heap, not an mmap each (see memtune)
     logging.basicConfig(
         level=os.environ.get("SYNCER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -72,3 +72,53 @@ def test_aggregator_batches_a_burst_as_one():
         a.add(f"f{i}", i * 0.02)  # a delete loop spread over 0.3 s
     assert a.due(0.35) == set()
     assert len(a.due(0.39)) == 15
+
+
+async def _collect_until(w: FolderWatcher, name: str, got: set[str]) -> set[str]:
+    """Batches from `w` until one holds `name` (every earlier event is in `got` by then)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while name not in got:
+        got |= await asyncio.wait_for(w.next_batch(), max(0.1, deadline - loop.time()))
+    return got
+
+
+def test_watcher_sees_closed_writes_and_chmod_not_writes_to_open_files(tmp_path):
+    (tmp_path / "perm.txt").write_text("p")
+    (tmp_path / "held.log").write_text("start\n")
+
+    async def main() -> None:
+        w = FolderWatcher(tmp_path, 0.05, asyncio.get_running_loop())
+        w.start()
+        try:
+            with open(tmp_path / "held.log", "a") as held:
+                held.write("still being written\n")
+                held.flush()
+                (tmp_path / "perm.txt").chmod(0o600)  # IN_ATTRIB only
+                (tmp_path / "marker").write_text("m")
+                got = await _collect_until(w, "marker", set())
+                assert "perm.txt" in got
+                assert "held.log" not in got  # its writer has not closed it yet
+            # closed now: reported
+            assert "held.log" in await _collect_until(w, "held.log", set())
+        finally:
+            w.stop()
+
+    asyncio.run(main())
+
+
+def test_modify_events_report_writes_to_open_files(tmp_path):
+    (tmp_path / "held.log").write_text("start\n")
+
+    async def main() -> None:
+        w = FolderWatcher(tmp_path, 0.05, asyncio.get_running_loop(), modify_events=True)
+        w.start()
+        try:
+            with open(tmp_path / "held.log", "a") as held:
+                held.write("more\n")
+                held.flush()
+                assert "held.log" in await _collect_until(w, "held.log", set())
+        finally:
+            w.stop()
+
+    asyncio.run(main())

@@ -260,7 +260,8 @@ class FolderRuntime:
 
         delay = self.model.config.get("watch.delay_ms") / 1000.0
         try:
-            self.watcher = FolderWatcher(self.root, delay, asyncio.get_running_loop())
+            modify = self.model.config.get("watch.modify_events")
+            self.watcher = FolderWatcher(self.root, delay, asyncio.get_running_loop(), modify)
             self.watcher.start()
         except Exception as e:  # watchdog can fail on odd filesystems: rescans still work
             log.warning("folder %s: watcher unavailable (%s); relying on periodic rescans", self.id, e)
