@@ -70,11 +70,13 @@ class RescanSchedule:
 
 def _wanted_events() -> list[type]:
     """Event types that can mean a change. Never open/close-without-write: with inotify they
-    come from every read of a file (our own scans, serving blocks to peers)."""
+    come from every read of a file (our own scans, serving blocks to peers). Never
+    DirModifiedEvent: watchdog adds one for the parent of every created, deleted, moved or
+    closed file, and the parent's name would make the scan walk that whole directory again."""
     from watchdog import events as ev
 
     names = ["FileCreatedEvent", "DirCreatedEvent", "FileDeletedEvent", "DirDeletedEvent", "FileModifiedEvent",
-             "DirModifiedEvent", "FileMovedEvent", "DirMovedEvent", "FileClosedEvent",
+             "FileMovedEvent", "DirMovedEvent", "FileClosedEvent",
              "FileAttribEvent", "DirAttribEvent"]  # chmod, touch: attrib events since watchdog 5
     return [getattr(ev, n) for n in names if hasattr(ev, n)]
 

@@ -122,3 +122,25 @@ def test_modify_events_report_writes_to_open_files(tmp_path):
             w.stop()
 
     asyncio.run(main())
+
+
+def test_a_change_in_a_directory_reports_the_file_not_the_directory(tmp_path):
+    # the directory's name would have the scan walk all of it again for one changed file
+    (tmp_path / "big").mkdir()
+    for i in range(50):
+        (tmp_path / "big" / f"f{i}").write_text("x")
+
+    async def main() -> set[str]:
+        w = FolderWatcher(tmp_path, 0.05, asyncio.get_running_loop())
+        w.start()
+        try:
+            (tmp_path / "big" / "f7").write_text("changed")
+            (tmp_path / "big" / "new").write_text("n")
+            (tmp_path / "big" / "f8").unlink()
+            got = await _collect_until(w, "big/f8", set())
+            return await _collect_until(w, "big/new", got)
+        finally:
+            w.stop()
+
+    got = asyncio.run(main())
+    assert {"big/f7", "big/new", "big/f8"} <= got and "big" not in got
