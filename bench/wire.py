@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -154,18 +155,21 @@ def over_tls(mib: int, rounds: int) -> None:
     home = tempfile.mkdtemp(prefix="syncer-bench-wire-")
     results: dict[str, list[float]] = {"bare": [], "protocol": []}
     # alternated over several rounds: on this VM a single run of either varies by +-20 %
-    for _ in range(rounds):
-        for mode in ("bare", "protocol"):
-            q: mp.Queue = mp.Queue()
-            p = mp.Process(target=_server, args=(home, mode, q, total))
-            p.start()
-            try:
-                url = q.get(timeout=30)
-                results[mode].append(asyncio.run(_client(home, url, mode, total)))
-            finally:
-                p.join(30)
-                if p.is_alive():
-                    p.kill()
+    try:
+        for _ in range(rounds):
+            for mode in ("bare", "protocol"):
+                q: mp.Queue = mp.Queue()
+                p = mp.Process(target=_server, args=(home, mode, q, total))
+                p.start()
+                try:
+                    url = q.get(timeout=30)
+                    results[mode].append(asyncio.run(_client(home, url, mode, total)))
+                finally:
+                    p.join(30)
+                    if p.is_alive():
+                        p.kill()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     bare, proto = statistics.median(results["bare"]), statistics.median(results["protocol"])
 
     def spread(rates: list[float]) -> str:
