@@ -1,10 +1,13 @@
 """One shared folder at run time: its local and remote indexes, the need list, the puller and the
 block server.
 
-Threading: all index-DB access, scanning and filesystem changes run in the folder's single worker
+Threading: index-DB writes, scanning and applying downloads run in the folder's single worker
 thread (`self.worker`), one at a time, so a scan can never interleave with applying a download.
-The asyncio loop only moves messages and block data. Received blocks are verified and written by a
-small thread pool (hashlib releases the GIL), so hashing uses the second core.
+Preparing downloads (creating temp files, copying identical local blocks, hash-verified) runs in
+a thread of its own (`self.preparer`), so new downloads start while a batch is being applied;
+it only touches temp files of names that are neither applying nor finishing. The asyncio loop
+only moves messages and block data. Received blocks are verified and written by a small thread
+pool (hashlib releases the GIL), so hashing uses the second core.
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ class FolderRuntime:
         self.id = self.cfg.id
         self.root = Path(self.cfg.path)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"folder-{self.id}")
+        self.preparer = ThreadPoolExecutor(1, thread_name_prefix=f"prepare-{self.id}")
         self.picker = Picker()
         self.wake = asyncio.Event()
         self.finish_wake = asyncio.Event()
@@ -191,6 +195,7 @@ class FolderRuntime:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._serving.clear()
+        self.preparer.shutdown(wait=True, cancel_futures=True)
         self.worker.shutdown(wait=True, cancel_futures=True)
 
     # --- scanning ----------------------------------------------------------------
@@ -482,7 +487,9 @@ class FolderRuntime:
             if not self._disk_ok(sum(g.size for g, _ in to_start)):
                 return
             self.state = "syncing"
-            prepared = await self.run_in_worker(self._prepare_jobs, to_start)
+            # not in the worker: there it would wait for the apply batch in progress, and the
+            # peers would idle once the running downloads are done
+            prepared = await asyncio.get_running_loop().run_in_executor(self.preparer, self._prepare_jobs, to_start)
             for glob, n, fd, have in prepared:
                 if self.needed.get(glob.name, (None,))[0] is not glob:
                     os.close(fd)
@@ -529,7 +536,7 @@ class FolderRuntime:
                 self.picker.set_partial(dev, name, blocks)
 
     def _prepare_jobs(self, items: list[tuple[FileInfo, Need]]) -> list[tuple[FileInfo, Need, int, set[int]]]:
-        """Worker thread: open temp files, reuse verified blocks (resume) and identical local
+        """Preparer thread: open temp files, reuse verified blocks (resume) and identical local
         blocks (renames, copies, unchanged parts of an edited file)."""
         out = []
         known = self.db.known_hashes(self.id, (h for glob, _ in items for h in glob.blocks))
@@ -664,6 +671,10 @@ class FolderRuntime:
                     job.release_fd()
                     local = self.local.get(name)
                     batch.append((job.glob, local, job.conflict, self._loser_short(local)))
+                # their job slots are free: the puller starts the next downloads now, while
+                # this batch is applied (it used to wait for the batch: download and apply
+                # took turns, 256 files at a time)
+                self.wake.set()
                 try:
                     await self._apply(batch, [])
                 except Exception:
