@@ -12,7 +12,7 @@ from syncer.api import client
 from syncer.config import DeviceConfig, edit_config
 from syncer.paths import get_paths
 from tests.daemons import Node
-from tests.syncfix import folder_status, share
+from tests.syncfix import folder_status, share, transfer
 
 FID = "bench"
 POLL = 0.05  # status polls cost the daemon CPU too; 50 ms is < 1 % of any result here
@@ -78,6 +78,17 @@ def initial_sync(
         for n in nodes:
             n.stop()
         raise
+
+
+def uploads(nodes: list[Node]) -> tuple[dict[str, int], int]:
+    """Bytes each node served to the others, and bytes all of them received, in the folder."""
+    up: dict[str, int] = {}
+    got = 0
+    for n in nodes:
+        rows = [transfer(n, o, FID) for o in nodes if o is not n]
+        up[n.name] = sum(r["bytes_out"] for r in rows)
+        got += sum(r["bytes_in"] for r in rows)
+    return up, got
 
 
 def stop_all(nodes: list[Node]) -> None:

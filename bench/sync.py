@@ -248,7 +248,12 @@ def main() -> None:
             t1, nodes = sy.initial_sync(base / "w5-1to1", src, receivers=1, before=warm(2 * big))
             sy.stop_all(nodes)
             t7, nodes = sy.initial_sync(base / "w5-1to7", src, receivers=7, before=warm(14 * big))
-            sy.stop_all(nodes)
+            try:
+                up, got = sy.uploads(nodes)
+            finally:
+                sy.stop_all(nodes)
+            print("W5 uploaded (MiB): " + ", ".join(f"{n} {b / MiB:.0f}" for n, b in up.items())
+                  + f"; received in all {got / MiB:.0f} MiB (ideal {7 * big / MiB:.0f})", flush=True)
             rows.append((f"W5 1 -> 7 receivers of {big // MiB} MiB vs 1 -> 1 (s)", f"{t7:.1f} vs {t1:.1f} = {t7 / t1:.2f}x", "-", "-", "<= 2.5x"))
     finally:
         if not os.environ.get("BENCH_DIR"):
