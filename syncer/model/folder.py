@@ -1,13 +1,10 @@
 """One shared folder at run time: its local and remote indexes, the need list, the puller and the
 block server.
 
-Threading: index-DB writes, scanning and applying downloads run in the folder's single worker
+Threading: all index-DB access, scanning and filesystem changes run in the folder's single worker
 thread (`self.worker`), one at a time, so a scan can never interleave with applying a download.
-Preparing downloads (creating temp files, copying identical local blocks, hash-verified) runs in
-a thread of its own (`self.preparer`), so new downloads start while a batch is being applied;
-it only touches temp files of names that are neither applying nor finishing. The asyncio loop
-only moves messages and block data. Received blocks are verified and written by a small thread
-pool (hashlib releases the GIL), so hashing uses the second core.
+The asyncio loop only moves messages and block data. Received blocks are verified and written by a
+small thread pool (hashlib releases the GIL), so hashing uses the second core.
 """
 
 from __future__ import annotations
@@ -135,7 +132,6 @@ class FolderRuntime:
         self.id = self.cfg.id
         self.root = Path(self.cfg.path)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"folder-{self.id}")
-        self.preparer = ThreadPoolExecutor(1, thread_name_prefix=f"prepare-{self.id}")
         self.picker = Picker()
         self.wake = asyncio.Event()
         self.finish_wake = asyncio.Event()
@@ -195,7 +191,6 @@ class FolderRuntime:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._serving.clear()
-        self.preparer.shutdown(wait=True, cancel_futures=True)
         self.worker.shutdown(wait=True, cancel_futures=True)
 
     # --- scanning ----------------------------------------------------------------
@@ -487,9 +482,7 @@ class FolderRuntime:
             if not self._disk_ok(sum(g.size for g, _ in to_start)):
                 return
             self.state = "syncing"
-            # not in the worker: there it would wait for the apply batch in progress, and the
-            # peers would idle once the running downloads are done
-            prepared = await asyncio.get_running_loop().run_in_executor(self.preparer, self._prepare_jobs, to_start)
+            prepared = await self.run_in_worker(self._prepare_jobs, to_start)
             for glob, n, fd, have in prepared:
                 if self.needed.get(glob.name, (None,))[0] is not glob:
                     os.close(fd)
@@ -536,7 +529,7 @@ class FolderRuntime:
                 self.picker.set_partial(dev, name, blocks)
 
     def _prepare_jobs(self, items: list[tuple[FileInfo, Need]]) -> list[tuple[FileInfo, Need, int, set[int]]]:
-        """Preparer thread: open temp files, reuse verified blocks (resume) and identical local
+        """Worker thread: open temp files, reuse verified blocks (resume) and identical local
         blocks (renames, copies, unchanged parts of an edited file)."""
         out = []
         known = self.db.known_hashes(self.id, (h for glob, _ in items for h in glob.blocks))
@@ -671,9 +664,9 @@ class FolderRuntime:
                     job.release_fd()
                     local = self.local.get(name)
                     batch.append((job.glob, local, job.conflict, self._loser_short(local)))
-                # their job slots are free: the puller starts the next downloads now, while
-                # this batch is applied (it used to wait for the batch: download and apply
-                # took turns, 256 files at a time)
+                # their job slots are free: wake the puller now, so the next downloads are
+                # prepared as soon as the worker is done with this batch (it used to wake only
+                # after the batch, and download and apply took turns 256 files at a time)
                 self.wake.set()
                 try:
                     await self._apply(batch, [])
