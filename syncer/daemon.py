@@ -426,6 +426,17 @@ class Daemon:
         self._stop.set()
 
 
+class LostConnectionWrites(logging.Filter):
+    """Drops asyncio's warning for each write to a connection that was just lost: pieces
+    answered in the same loop turn as the loss produce one each, and the session already
+    reports the loss itself (once, with its reason)."""
+
+    NOISE = frozenset({"socket.send() raised exception.", "SSL connection is closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.NOISE
+
+
 def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = None) -> None:
     # The daemon's threads (event loop, folder workers, verifiers, watchdog) mostly release
     # the GIL in C calls; a longer forced-switch interval than CPython's 5 ms cuts GIL
@@ -439,6 +450,7 @@ def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = 
     )
     for noisy in ("watchdog", "asyncio", "aiohttp.access", "quic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("asyncio").addFilter(LostConnectionWrites())
     for url in listen or []:
         Address.parse(url)
     with pid_lock(paths):
