@@ -136,9 +136,7 @@ class PeerSession:
 
     # sending -----------------------------------------------------------------
     async def send(self, msg: Message) -> None:
-        if self._closed.is_set():
-            raise ConnectionResetError("session closed")
-        await self._write(self.conn.send(msg, time.monotonic()))
+        await self.send_many([msg])
 
     async def send_many(self, msgs: list[Message]) -> None:
         """Send `msgs` in order as one write: a refill of dozens of requests is one TLS record

@@ -764,7 +764,6 @@ class FolderRuntime:
         while len(self._serving) > SERVING_FDS:
             os.close(self._serving.pop(next(iter(self._serving))))
         return fd
-        return None
 
     # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
