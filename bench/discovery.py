@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.parse
 
-from syncer import bencode
+from syncer.codec import bencode
 from syncer.deviceid import DeviceId
 from syncer.discovery.dht import krpc
 

@@ -28,9 +28,9 @@ from syncer.identity import Identity, load_or_create
 from syncer.nat.rendezvous import PunchResponder, punch_and_connect
 from syncer.net import quic
 from syncer.net.quic import QuicTransport
-from syncer.net.relay_client import RelayTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Stream
+from syncer.relay.client import RelayTransport
 
 LOOPBACK_DATAGRAM_SIZE = quic.LOOPBACK_DATAGRAM_SIZE
 CHUNK = 1 << 20

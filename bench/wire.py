@@ -21,7 +21,7 @@ from pathlib import Path
 from syncer.deviceid import DeviceId
 from syncer.identity import load_or_create
 from syncer.net.tcp import TcpTransport
-from syncer.session import PeerSession
+from syncer.peer.session import PeerSession
 from syncer.wire import FrameDecoder, Message, Piece, Request, encode
 from syncer.wire.frames import encode_piece
 

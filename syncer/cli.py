@@ -1,5 +1,5 @@
-"""The `syncer` command. Each group of commands lives in `syncer/commands/`; this module only
-assembles them and turns SyncerError into one line on stderr with a non-zero exit."""
+"""The `syncer` command. Each group of commands lives in `syncer/commands/` as its own Typer app;
+this module only merges them and turns SyncerError into one line on stderr with a non-zero exit."""
 
 from __future__ import annotations
 
@@ -19,15 +19,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # imported for their side effect of adding commands to `app`
-    from syncer.commands import basic  # noqa: F401
+    from syncer.commands import basic, daemon, discovery, folders, peers, relay
 
-    for name in ("folders", "peers", "daemon", "discovery", "relay"):
-        try:
-            __import__(f"syncer.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"syncer.commands.{name}":
-                raise
+    for module in (basic, folders, peers, daemon, discovery, relay):
+        app.registered_commands.extend(module.app.registered_commands)
+        app.registered_groups.extend(module.app.registered_groups)
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from typing import Any
 from syncer import __version__
 from syncer.api.server import ApiServer, load_or_create_token
 from syncer.config import Config, load_config
-from syncer.connections import ConnInfo, preferred
 from syncer.deviceid import DeviceId
 from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
@@ -29,12 +28,13 @@ from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
 from syncer.nat.rendezvous import PunchResponder
 from syncer.net.backoff import Backoff
 from syncer.net.quic import QuicTransport
-from syncer.net.relay_client import RelayTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
 from syncer.paths import Paths
+from syncer.peer.connections import ConnInfo, preferred
+from syncer.peer.session import PeerSession, SessionClosed
 from syncer.pending import PendingStore
-from syncer.session import PeerSession, SessionClosed
+from syncer.relay.client import RelayTransport
 
 log = logging.getLogger("syncer.daemon")
 

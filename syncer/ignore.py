@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pathspec
 
-IGNORE_FILE = ".syncerignore"
+from syncer.fs.layout import IGNORE_FILE, is_internal, is_temp_name
+
 # pathspec >= 1.0 calls git's exact semantics "gitignore" and deprecates "gitwildmatch"
 _STYLE = "gitignore" if "gitignore" in pathspec.util._registered_patterns else "gitwildmatch"
 JUNK = {".DS_Store", "Thumbs.db", "desktop.ini", ".Spotlight-V100", ".Trashes", "$RECYCLE.BIN"}
@@ -16,10 +17,10 @@ JUNK = {".DS_Store", "Thumbs.db", "desktop.ini", ".Spotlight-V100", ".Trashes", 
 
 def always_ignored(name: str) -> bool:
     """syncer's own marker dir and temp files, and OS junk; `name` is '/'-separated."""
-    if name == ".syncer" or name.startswith(".syncer/"):
+    if is_internal(name):
         return True
     base = posixpath.basename(name)
-    if base.startswith(".syncer.") and base.endswith(".tmp"):
+    if is_temp_name(base):
         return True
     return base in JUNK or base.startswith("._")
 

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncer.bencode import BencodeError, decode, encode
+from syncer.codec.bencode import BencodeError, decode, encode
 
 
 def test_known_values():

@@ -12,7 +12,7 @@ import subprocess
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncer import bencode
+from syncer.codec import bencode
 from syncer.discovery.dht import krpc
 from syncer.discovery.dht.krpc import NodeInfo
 from syncer.discovery.dht.node import DhtNode

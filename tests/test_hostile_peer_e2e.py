@@ -102,3 +102,23 @@ def test_corrupt_blocks_are_rejected_and_fetched_elsewhere(tmp_path):
         wait_same(da, db_, what="file from the honest peer")
         assert (db_ / "data.bin").read_bytes() == content
         assert transfer(b, a, FID)["blocks_in"] >= 1
+
+
+def test_hand_made_index_from_a_paired_peer_is_synced(tmp_path):
+    """The hostile-peer harness itself: a file announced and served by hand arrives intact."""
+    from tests.hostile import HostilePeer, file_entry
+
+    peer = HostilePeer(tmp_path)
+    with cluster(tmp_path, "b") as (b,):
+        dest = tmp_path / "B"
+        share(b, dest, FID)
+        b.syncer("pair", peer.device_id, "--name", "evil", check=True)
+        b.start()
+        content = os.urandom(300_000)
+        with peer.connect(b.listen_url()):
+            peer.share(FID, b.device_id)
+            peer.serve({"hello.bin": content})
+            peer.send(Index(FID, [file_entry("hello.bin", content, [(peer.short, 1)])]))
+            wait_until(lambda: (dest / "hello.bin").exists() and (dest / "hello.bin").read_bytes() == content, 60, "the announced file")
+        assert len(peer.requests) >= 1
+    peer.shutdown()

@@ -14,15 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from syncer.identity import Identity, load_or_create
-from syncer.nat import messages as m
 from syncer.nat.attempts import execute
-from syncer.nat.demux import UdpEndpoint
 from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan, should_replace
-from syncer.nat.punch import Keepalive, PunchFailed, PunchSession, PunchState, punch
+from syncer.nat.punch import PunchFailed, PunchSession, PunchState, punch
 from syncer.nat.rendezvous import PunchResponder, probe, punch_and_connect
-from syncer.net.relay_client import RelayTransport
+from syncer.net import udp_messages as m
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Stream
+from syncer.net.udp import Keepalive, UdpEndpoint
+from syncer.relay.client import RelayTransport
 from syncer.relay.server import RelayServer
 from tests.transport_conformance import read_exactly
 

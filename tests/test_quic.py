@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from syncer.identity import Identity, ca_cert_path, load_or_create
-from syncer.nat import messages as m
-from syncer.nat.demux import Addr, UdpEndpoint
 from syncer.net import quic
+from syncer.net import udp_messages as m
 from syncer.net.quic import QuicEndpoint, QuicTransport, datagram_size_for
 from syncer.net.transport import Address, Stream, TransportError
+from syncer.net.udp import Addr, UdpEndpoint
 from tests.transport_conformance import read_exactly
 
 

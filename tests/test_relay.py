@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity, load_or_create
-from syncer.net.relay_client import RelayTransport
 from syncer.net.transport import Stream, TransportError
 from syncer.relay import protocol as p
+from syncer.relay.client import RelayTransport
 from syncer.relay.rendezvous import PunchLimit, Rendezvous
 from syncer.relay.server import RelayLimits, RelayServer
 from syncer.relay.sessions import SessionRefused, SessionTable, TokenBucket

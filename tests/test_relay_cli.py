@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from syncer.identity import load_or_create
-from syncer.net.relay_client import RelayTransport
 from syncer.net.transport import Stream
+from syncer.relay.client import RelayTransport
 from syncer.relay.protocol import RelayUrl
 from tests.helpers import SYNCER, run_syncer
 from tests.natlab.lab import LineReader

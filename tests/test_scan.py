@@ -5,10 +5,10 @@ import unicodedata
 import pytest
 
 from syncer.errors import FolderError
+from syncer.fs import layout
 from syncer.ignore import Ignore
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import FileType
-from syncer.model import safe_write
 from syncer.scan import Scanner, block_size_for
 from syncer.scan import scanner as scanner_mod
 
@@ -123,8 +123,8 @@ def test_download_temp_files_are_reported_not_indexed(folder, tmp_path):
     assert {f.name for f in r.changed} == {"sub"}
     assert sorted(r.temp_files)[1] == ("sub/.syncer.photo.jpg.tmp", 1000.0)
     assert sorted(n for n, _ in r.temp_files) == [".syncer.top.tmp", "sub/.syncer.photo.jpg.tmp"]
-    assert [safe_write.final_name(n) for n, _ in sorted(r.temp_files)] == ["top", "sub/photo.jpg"]
-    assert safe_write.final_name(safe_write.temp_name("a/b/c.txt")) == "a/b/c.txt"
+    assert [layout.final_name(n) for n, _ in sorted(r.temp_files)] == ["top", "sub/photo.jpg"]
+    assert layout.final_name(layout.temp_name("a/b/c.txt")) == "a/b/c.txt"
 
 
 def test_nfc_names(folder, tmp_path):

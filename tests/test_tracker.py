@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from syncer import bencode
+from syncer.codec import bencode
 from syncer.deviceid import DeviceId
 from syncer.discovery.peerstore import IpRateLimit, PeerEntry, PeerStore
 from syncer.discovery.tracker_client import TrackerClient

@@ -13,9 +13,9 @@ from syncer.identity import Identity, load_or_create
 from syncer.nat.rendezvous import PunchResponder, punch_and_connect
 from syncer.net.memory import memory_pair
 from syncer.net.quic import QuicTransport
-from syncer.net.relay_client import RelayTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Stream
+from syncer.relay.client import RelayTransport
 from syncer.relay.server import RelayServer
 from tests import transport_conformance as conf
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from syncer.cli import app
 from syncer.commands import common
 from syncer.config import SETTINGS, edit_config, parse_value
 from syncer.errors import ConfigError
+
+app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
 
 config_app = typer.Typer(help="Read and write config.toml.", no_args_is_help=True)
 app.add_typer(config_app, name="config")

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from syncer.api import client
-from syncer.cli import app
 from syncer.commands import common
 from syncer.errors import DaemonError
+
+app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0

@@ -10,8 +10,9 @@ from typing import Any
 
 import typer
 
-from syncer.cli import app
 from syncer.errors import SyncerError
+
+app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
 
 
 def _serve(start: Callable[[], Awaitable[tuple[str, int]]], stop: Callable[[], Awaitable[Any]]) -> None:

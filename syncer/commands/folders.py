@@ -10,9 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from syncer import folder as folderlib
 from syncer.api import client
-from syncer.cli import app
 from syncer.commands import common
 from syncer.config import FolderConfig, edit_config
 from syncer.deviceid import DeviceId
@@ -21,8 +19,11 @@ from syncer.ignore import Ignore
 from syncer.index.db import IndexDB
 from syncer.index.version import short_id
 from syncer.manifest import load_manifest, make_manifest, verify
+from syncer.model import share as folderlib
 from syncer.pending import PendingStore
 from syncer.scan import Scanner
+
+app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
 
 
 def _scan_with_progress(root: Path, folder_id: str, allow_mass_delete: bool = True) -> tuple[int, int, int]:

@@ -7,12 +7,13 @@ from rich.console import Console
 from rich.table import Table
 
 from syncer.api import client
-from syncer.cli import app
 from syncer.commands import common
 from syncer.config import DeviceConfig, edit_config
 from syncer.deviceid import DeviceId
 from syncer.errors import ConfigError
 from syncer.pending import PendingStore
+
+app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
 
 
 @app.command()

@@ -7,10 +7,11 @@ import signal
 
 import typer
 
-from syncer.cli import app
 from syncer.commands import common
 from syncer.identity import load_or_create
 from syncer.relay.server import RelayError, RelayLimits, RelayServer
+
+app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
 
 
 @app.command("relay")

@@ -19,7 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from syncer import bencode
+from syncer.codec import bencode
 from syncer.deviceid import DeviceId
 from syncer.discovery.peerstore import IpRateLimit, PeerEntry, PeerStore
 from syncer.errors import InvalidDeviceId, SyncerError

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 
+from syncer.fs import layout
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.model import safe_write
 from syncer.model.conflicts import conflict_name
@@ -94,7 +95,7 @@ def apply_batch(
     if finished:
         syncfs(root)
     for glob, local, conflict, loser in finished:
-        tmp = root / safe_write.temp_name(glob.name)
+        tmp = root / layout.temp_name(glob.name)
         final = root / glob.name
         try:
             if conflict or not on_disk_matches(root, local, glob.name):
@@ -164,7 +165,7 @@ def _apply_other(root: Path, glob: FileInfo, local: FileInfo | None, now: float,
         if path.is_dir() and not path.is_symlink():
             path.rmdir()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = root / safe_write.temp_name(glob.name)
+        tmp = root / layout.temp_name(glob.name)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         os.symlink(glob.symlink_target, tmp)

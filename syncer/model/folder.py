@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from syncer.config import FolderConfig
 from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
+from syncer.fs import layout
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.model import apply as applying
 from syncer.model import safe_write
@@ -48,7 +49,7 @@ from syncer.wire import (
 
 if TYPE_CHECKING:
     from syncer.model.sync import SyncModel
-    from syncer.session import PeerSession
+    from syncer.peer.session import PeerSession
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class FolderRuntime:
         return self.model.db_for_thread()
 
     def marker_ok(self) -> bool:
-        return (self.root / ".syncer").is_dir()
+        return (self.root / layout.MARKER).is_dir()
 
     # --- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -202,7 +203,7 @@ class FolderRuntime:
         def do_scan() -> Any:
             from syncer.ignore import Ignore
 
-            if paths is None or ".syncerignore" in paths:
+            if paths is None or layout.IGNORE_FILE in paths:
                 self.scanner.ignore = Ignore.load(self.root)
             return self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete)
 
@@ -240,7 +241,7 @@ class FolderRuntime:
         """Remove download temp files left by a crash or an abandoned download: untouched for
         TEMP_KEEP_S and belonging to no file this device still needs (those resume from them)."""
         for tmp, mtime in temps:
-            name = safe_write.final_name(tmp)
+            name = layout.final_name(tmp)
             if now - mtime < TEMP_KEEP_S or name in self.needed or name in self.jobs or name in self.applying:
                 continue
             try:
@@ -253,7 +254,7 @@ class FolderRuntime:
 
     def _stopped(self) -> None:
         self.state = "stopped"
-        self.error = f"folder marker {self.root / '.syncer'} missing: folder stopped (recreate it or re-share the folder)"
+        self.error = f"folder marker {self.root / layout.MARKER} missing: folder stopped (recreate it or re-share the folder)"
 
     async def _watch_loop(self) -> None:
         from syncer.watch import FolderWatcher
@@ -406,7 +407,7 @@ class FolderRuntime:
         job.release_fd()
         if drop_temp:
             with contextlib.suppress(OSError):
-                os.unlink(self.root / safe_write.temp_name(name))
+                os.unlink(self.root / layout.temp_name(name))
 
     def _refresh_sources(self, dev: DeviceId, names: set[str] | None = None) -> None:
         rows = self.remote.get(dev, {})
@@ -534,7 +535,7 @@ class FolderRuntime:
         out = []
         known = self.db.known_hashes(self.id, (h for glob, _ in items for h in glob.blocks))
         for glob, n in items:
-            tmp = self.root / safe_write.temp_name(glob.name)
+            tmp = self.root / layout.temp_name(glob.name)
             # the temp file gets the final permissions now (kept owner-writable so a resume can
             # reopen it), which spares most files a chmod when they are applied
             mode = safe_write.temp_mode(glob.permissions)

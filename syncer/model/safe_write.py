@@ -14,15 +14,7 @@ import posixpath
 import time
 from pathlib import Path
 
-TEMP_PREFIX = ".syncer."
-TEMP_SUFFIX = ".tmp"
-VERSIONS_DIR = ".syncer/versions"
-
-
-def temp_name(name: str) -> str:
-    head, base = posixpath.split(name)
-    t = f"{TEMP_PREFIX}{base}{TEMP_SUFFIX}"
-    return posixpath.join(head, t) if head else t
+from syncer.fs.layout import VERSIONS_DIR
 
 
 def final_mode(permissions: int) -> int:
@@ -33,18 +25,6 @@ def temp_mode(permissions: int) -> int:
     """A download's temp file: the final permission bits, but owner-writable (a resume reopens
     it for writing) and without setuid/setgid/sticky (a write clears those anyway)."""
     return (final_mode(permissions) | 0o200) & 0o777
-
-
-def final_name(temp: str) -> str:
-    """The file a temp file (as made by temp_name) is the download of."""
-    head, base = posixpath.split(temp)
-    base = base[len(TEMP_PREFIX) : len(base) - len(TEMP_SUFFIX)]
-    return posixpath.join(head, base) if head else base
-
-
-def is_temp_name(name: str) -> bool:
-    base = posixpath.basename(name)
-    return base.startswith(TEMP_PREFIX) and base.endswith(TEMP_SUFFIX)
 
 
 def fsync_dir(path: Path) -> None:

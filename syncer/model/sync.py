@@ -51,7 +51,7 @@ from syncer.wire import (
 )
 
 if TYPE_CHECKING:
-    from syncer.session import PeerSession
+    from syncer.peer.session import PeerSession
 
 log = logging.getLogger(__name__)
 

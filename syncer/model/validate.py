@@ -6,7 +6,8 @@ from __future__ import annotations
 import posixpath
 import unicodedata
 
-from syncer.model.safe_write import is_temp_name
+from syncer.fs import layout
+from syncer.fs.layout import is_temp_name
 from syncer.wire import WireFile
 
 MIN_BLOCK = 128 << 10
@@ -24,7 +25,7 @@ def bad_name(name: str) -> str | None:
     parts = name.split("/")
     if any(p in ("", ".", "..") for p in parts):
         return "name has an empty, '.' or '..' component"
-    if parts[0] == ".syncer":
+    if parts[0] == layout.MARKER:
         return "name inside .syncer/"
     if is_temp_name(name):
         return "name of a temp file"

@@ -9,9 +9,9 @@ from syncer.identity import Identity
 from syncer.nat.policy import Attempt
 from syncer.nat.rendezvous import punch_and_connect
 from syncer.net.quic import QuicTransport
-from syncer.net.relay_client import RelayTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Stream, TransportError
+from syncer.relay.client import RelayTransport
 
 
 async def execute(

@@ -1,6 +1,6 @@
 """Simultaneous UDP hole punching and NAT keepalives.
 
-`PunchSession` is the pure state machine of one punch, `Keepalive` a pure timer; `punch()` drives a
+`PunchSession` is the pure state machine of one punch; `punch()` drives a
 session over a `UdpEndpoint`. Rules (see docs/nat.md and the NAT lab's pitfalls):
 
 - From the start time until `duration` later, send `Punch(punch_id, heard)` to the peer every
@@ -21,13 +21,11 @@ import enum
 from dataclasses import dataclass
 
 from syncer.errors import SyncerError
-from syncer.nat.demux import Addr, UdpEndpoint
-from syncer.nat.messages import Control, Punch
+from syncer.net.udp import Addr, UdpEndpoint
+from syncer.net.udp_messages import Control, Punch
 
 PUNCH_INTERVAL = 0.05
 PUNCH_DURATION = 5.0
-# UDP conntrack entries last 30 s until a flow is "assured"; stay well below
-KEEPALIVE_INTERVAL = 15.0
 
 
 class PunchFailed(SyncerError):
@@ -99,23 +97,6 @@ class PunchSession:
         if self.finished:
             return None if not self._farewell else self.done_at
         return min(self._next_send, self.start + self.duration)
-
-
-@dataclass
-class Keepalive:
-    """Send something at least every `interval` so a NAT mapping stays open."""
-
-    interval: float
-    last_sent: float
-
-    def sent(self, now: float) -> None:
-        self.last_sent = now
-
-    def deadline(self) -> float:
-        return self.last_sent + self.interval
-
-    def due(self, now: float) -> bool:
-        return now >= self.deadline()
 
 
 async def punch(

@@ -21,13 +21,13 @@ from collections.abc import AsyncIterator
 
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity
-from syncer.nat import messages as m
-from syncer.nat.demux import Addr, UdpEndpoint
-from syncer.nat.punch import KEEPALIVE_INTERVAL, PUNCH_DURATION, PunchFailed, punch
+from syncer.nat.punch import PUNCH_DURATION, PunchFailed, punch
+from syncer.net import udp_messages as m
 from syncer.net.quic import HANDSHAKE_TIMEOUT, QuicEndpoint, QuicStream
-from syncer.net.relay_client import RelayTransport
 from syncer.net.transport import Stream, StreamHandler, TransportError
+from syncer.net.udp import KEEPALIVE_INTERVAL, Addr, UdpEndpoint
 from syncer.relay import protocol as p
+from syncer.relay.client import RelayTransport
 
 log = logging.getLogger(__name__)
 

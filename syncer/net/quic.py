@@ -45,10 +45,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity, ca_cert_path
-from syncer.nat.demux import Addr, UdpEndpoint
-from syncer.nat.punch import KEEPALIVE_INTERVAL, Keepalive
 from syncer.net import tls
 from syncer.net.transport import READ_SIZE, Address, Listener, Stream, StreamHandler, TransportError
+from syncer.net.udp import KEEPALIVE_INTERVAL, Addr, Keepalive, UdpEndpoint
 
 log = logging.getLogger(__name__)
 

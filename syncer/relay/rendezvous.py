@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from syncer.deviceid import DeviceId
-from syncer.nat.messages import TOKEN_LEN
+from syncer.net.udp_messages import TOKEN_LEN
 
 Addr = tuple[str, int]
 

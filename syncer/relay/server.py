@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from syncer.deviceid import DeviceId
 from syncer.errors import SyncerError
 from syncer.identity import Identity
-from syncer.nat import messages as m
-from syncer.nat.demux import Addr, UdpEndpoint
 from syncer.net import tls
+from syncer.net import udp_messages as m
+from syncer.net.udp import Addr, UdpEndpoint
 from syncer.relay import protocol as p
 from syncer.relay.rendezvous import PunchLimit, ReadyPunch, Rendezvous
 from syncer.relay.sessions import IdleTimer, SessionRefused, SessionTable, TokenBucket

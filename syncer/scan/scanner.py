@@ -20,17 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncer.errors import FolderError
+from syncer.fs.layout import MARKER, is_temp_name
 from syncer.ignore import Ignore
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
-from syncer.model.safe_write import is_temp_name
 from syncer.scan.blocksize import block_size_for
 
 RANGE_BYTES = 16 << 20  # big files are hashed in ranges of this size, in parallel
 SMALL_BATCH = 64  # small files hashed per task (amortises the thread hand-off)
 SMALL_FILE = 1 << 20
-MARKER = ".syncer"
 
 Progress = Callable[[int, int], None]
 

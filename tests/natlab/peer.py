@@ -27,8 +27,8 @@ from syncer.deviceid import DeviceId
 from syncer.identity import load_or_create
 from syncer.nat.punch import PunchFailed
 from syncer.nat.rendezvous import PunchResponder, punch_and_connect
-from syncer.net.relay_client import RelayTransport
 from syncer.net.transport import Stream, TransportError
+from syncer.relay.client import RelayTransport
 
 LEN = struct.Struct("!Q")
 

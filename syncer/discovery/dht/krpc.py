@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from syncer import bencode
+from syncer.codec import bencode
 
 MAX_DATAGRAM = 1500
 ERR_GENERIC, ERR_SERVER, ERR_PROTOCOL, ERR_METHOD = 201, 202, 203, 204

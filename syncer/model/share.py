@@ -8,8 +8,8 @@ from pathlib import Path
 
 from syncer.config import Config
 from syncer.errors import FolderError
+from syncer.fs.layout import MARKER
 
-MARKER = ".syncer"
 _ID_CHARS = string.ascii_lowercase + string.digits
 
 

@@ -14,9 +14,9 @@ import time
 from typing import Protocol
 
 from syncer import __version__
-from syncer.connections import ConnInfo
 from syncer.deviceid import DeviceId
 from syncer.net.transport import Stream
+from syncer.peer.connections import ConnInfo
 from syncer.transfer.rates import RateMeter
 from syncer.wire import (
     Connection,

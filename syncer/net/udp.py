@@ -13,16 +13,20 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
-from syncer.nat import messages
-from syncer.nat.messages import Control
+from syncer.net import udp_messages as messages
+from syncer.net.udp_messages import Control
 
 log = logging.getLogger(__name__)
 
 Addr = tuple[str, int]
 ControlHandler = Callable[[Control, Addr], None]
 DatagramHandler = Callable[[bytes, Addr], None]
+
+# UDP conntrack entries last 30 s until a flow is "assured"; stay well below
+KEEPALIVE_INTERVAL = 15.0
 
 # best effort: the kernel caps these at net.core.[rw]mem_max; bigger buffers absorb QUIC bursts
 SOCKET_BUFFER = 4 << 20
@@ -96,3 +100,20 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+@dataclass
+class Keepalive:
+    """Send something at least every `interval` so a NAT mapping stays open."""
+
+    interval: float
+    last_sent: float
+
+    def sent(self, now: float) -> None:
+        self.last_sent = now
+
+    def deadline(self) -> float:
+        return self.last_sent + self.interval
+
+    def due(self, now: float) -> bool:
+        return now >= self.deadline()

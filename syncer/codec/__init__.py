@@ -1,0 +1,1 @@
+"""Byte encodings shared by several protocols."""
