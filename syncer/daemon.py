@@ -110,6 +110,10 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
+        # the model first: from the moment a listener accepts, every session has its handler
+        # (folders finish starting, scans included, in the background)
+        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
+        await self.model.start()
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
             transport = self.transports.get(scheme)
@@ -130,8 +134,6 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
-        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
-        await self.model.start()
         self._spawn(self._dial_loop())
 
     def _listen_port(self) -> int:
@@ -240,7 +242,8 @@ class Daemon:
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
             stream.abort()
             return
-        session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None)
+        recv_limit = self.model.recv_bucket if self.model is not None else None
+        session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None, recv_limit=recv_limit)
         try:
             await asyncio.wait_for(session.handshake(), HELLO_TIMEOUT)
         except (TimeoutError, SessionClosed, ConnectionError, OSError) as e:
@@ -262,7 +265,7 @@ class Daemon:
         log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, info.label, stream.remote_address)
         if self.model is not None:
             session.handler = self.model
-            await self.model.on_connected(session)
+            self.model.on_connected(session)
         try:
             await session.run()
         finally:

@@ -6,7 +6,8 @@ complete and can be renamed into place early), then the rarest blocks among conn
 *different* blocks and can then trade them. In endgame (every block still needed is already
 requested) a block may be requested from a second peer; the loser is cancelled on arrival.
 A peer that sends bad data is banned after MAX_BAD blocks; a peer that lets a request time out is
-snubbed (gets at most one request at a time) for SNUB_TIME.
+snubbed (`snub`: at most one request at a time) for SNUB_TIME. Request ids, timeouts and per-peer
+pipelines are the puller's (transfer/puller.py); this class keeps the per-block view.
 
 Cost: with only full holders of a file (the common case) pick() walks a pre-shuffled order of
 its blocks with a cursor, amortised O(n); with partial holders around it sorts the free blocks
@@ -104,20 +105,9 @@ class Picker:
             cancels += [(p, ref) for p in self.in_flight.pop(ref)]
         return cancels
 
-    def have_local(self, ref: BlockRef) -> None:
-        f = self.files.get(ref.file)
-        if f:
-            f.remaining.discard(ref.index)
-            f.free.discard(ref.index)
-            f.started = True
-
     def done(self, name: str) -> bool:
         f = self.files.get(name)
         return f is not None and not f.remaining
-
-    def remaining_blocks(self, name: str) -> set[int]:
-        f = self.files.get(name)
-        return set(f.remaining) if f else set()
 
     # peers ----------------------------------------------------------------
     def set_full_holder(self, peer: Peer, name: str) -> None:
@@ -259,12 +249,9 @@ class Picker:
             if f:
                 f.drop_block(peer, ref.index)  # it evidently has no good copy
 
-    def timeouts(self, now: float, timeout: float) -> list[tuple[Peer, BlockRef]]:
-        expired = [(p, ref) for ref, reqs in self.in_flight.items() for p, t in reqs.items() if now - t > timeout]
-        for p, ref in expired:
-            self.failed(p, ref)
-            self.snubbed_until[p] = now + SNUB_TIME
-        return expired
+    def snub(self, peer: Peer, now: float) -> None:
+        """The peer let a request time out: at most one request at a time for SNUB_TIME."""
+        self.snubbed_until[peer] = now + SNUB_TIME
 
     def statistics(self) -> PickerStats:
         return PickerStats(
