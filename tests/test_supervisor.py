@@ -34,7 +34,7 @@ def test_a_crashing_task_is_logged_shown_and_restarted_with_backoff(caplog):
         for _ in range(3):
             clock.advance(100)
             await _settle()
-        assert [round(b - a) for a, b in zip(runs, runs[1:])] == [100, 100, 100]  # restarted each time
+        assert [round(b - a) for a, b in zip(runs, runs[1:], strict=False)] == [100, 100, 100]  # restarted each time
         assert not sup.running("rescans") and "rescans" not in sup.failures  # it finished cleanly
         await sup.stop()
 
@@ -64,5 +64,5 @@ def test_backoff_doubles():
         await sup.stop()
 
     asyncio.run(main())
-    gaps = [b - a for a, b in zip(runs, runs[1:])]
+    gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
     assert gaps == [MIN_BACKOFF, 2 * MIN_BACKOFF, 4 * MIN_BACKOFF, 8 * MIN_BACKOFF]
