@@ -49,12 +49,13 @@ KIND_OTHER, KIND_FILE, KIND_DELETE = 0, 1, 2  # as the index DB stores them
 MAX_JOBS = 256  # files downloading at once
 MAX_JOB_BYTES = 1 << 30  # bytes of files downloading at once (beyond one file)
 MAX_REQUESTS = 512  # requests in flight per peer
-MIN_BUDGET = 4 << 20  # bytes in flight per peer, at least
+MIN_BUDGET = 1 << 20  # bytes in flight per peer, at least (more queues at a busy seed, see the swarm simulation)
 MAX_BUDGET = 32 << 20
 PIPELINE_SECONDS = 1.0  # keep about this much of a peer's observed rate in flight
 REQUEST_TIMEOUT = 60.0
 APPLY_BATCH = 500
 PAGE = 512  # need rows per LoadNeed
+ENDGAME_MIN_WAIT = 0.05  # seconds a request waits before endgame may duplicate it
 
 
 def budget_for(rate: float) -> int:
@@ -238,6 +239,7 @@ class Puller:
         self._rid_of: dict[tuple[Peer, BlockRef], int] = {}
         self._pipeline: dict[Peer, list[int]] = {}  # peer -> [requests, bytes] in flight
         self._retry_at: float | None = None
+        self._rates: Mapping[Peer, float] = {}
         self.interest: set[Peer] = set()
         self.bytes_received = 0
 
@@ -573,8 +575,19 @@ class Puller:
         return Bitfield(self.folder, job.file.name, list(job.file.version), n, bytes(bits))
 
     # --- requests ---------------------------------------------------------------------------
+    def _stuck(self, reqs: dict[Peer, float], now: float) -> bool:
+        """Endgame: have these requests waited clearly longer than their peers' queues take?"""
+        for p, sent in reqs.items():
+            pipe = self._pipeline.get(p)
+            queued = pipe[1] if pipe else 0
+            patience = max(ENDGAME_MIN_WAIT, 2.0 * queued / max(self._rates.get(p, 0.0), 1.0))
+            if now - sent < patience:
+                return False
+        return True
+
     def fill(self, now: float, rates: Mapping[Peer, float]) -> None:
         """Top up every peer's pipeline (call once per loop turn, not per event)."""
+        self._rates = rates
         for peer in self._connected:
             if peer in self._choked_by:
                 continue
@@ -583,7 +596,7 @@ class Puller:
             free = MAX_REQUESTS - pipe[0]
             if free <= 0 or (pipe[0] and pipe[1] * 4 >= budget * 3):
                 continue
-            refs = self.picker.pick(peer, free, now)
+            refs = self.picker.pick(peer, free, now, self._stuck)
             if not refs:
                 continue
             out: list[Request] = []
@@ -648,6 +661,8 @@ class Puller:
             return
         if not ok:
             self.picker.failed(peer, ref, bad_data=not local_error)
+            if self.picker.is_banned(peer):
+                self._cancel_all(peer)  # whatever else it sends is garbage too
             return
         self.bytes_received += exp.size
         by_peer: dict[Peer, list[int]] = {}
@@ -665,6 +680,16 @@ class Puller:
             self._finish(job)
             self._update_interest()
             self._maybe_load()
+
+    def _cancel_all(self, peer: Peer) -> None:
+        ids = [rid for rid, r in self._reqs.items() if r.peer == peer]
+        for rid in ids:
+            req = self._reqs[rid]
+            self._rid_of.pop((peer, req.ref), None)
+            self._release(rid)
+            self.picker.failed(peer, req.ref)
+        if ids:
+            self._emit(SendCancels(peer, tuple(ids)))
 
     def piece_error(self, peer: Peer, rid: int, not_held: bool, choked: bool) -> None:
         req = self._reqs.get(rid)
