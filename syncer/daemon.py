@@ -27,6 +27,7 @@ from syncer.nat.attempts import execute
 from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
 from syncer.nat.rendezvous import PunchResponder
 from syncer.net.backoff import Backoff
+from syncer.net.fdlimit import raise_open_files_limit
 from syncer.net.quic import QuicTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
@@ -169,7 +170,7 @@ class Daemon:
         coordinated by its rendezvous; retries with backoff while the relay is unreachable."""
         backoff = Backoff()
         while True:
-            relay = RelayTransport(self.identity, url)
+            relay = RelayTransport(self.identity, url, accept=lambda d: self.config.device(d) is not None)
             try:
                 await relay.register(lambda s: self._handle_stream(s, None, "relayed"))
             except (TransportError, OSError) as e:
@@ -213,6 +214,7 @@ class Daemon:
         if self.api:
             await self.api.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.pending_store.flush()
         log.info("stopped")
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -242,6 +244,7 @@ class Daemon:
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
             stream.abort()
             return
+        stream.peer_accepted()  # a paired device: out of the transport's pre-auth budget
         recv_limit = self.model.recv_bucket if self.model is not None else None
         session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None, recv_limit=recv_limit)
         try:
@@ -447,6 +450,7 @@ def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = 
     # busy worker can still hold up the event loop by at most 20 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     tune_malloc()  # blocks from the heap, not an mmap each (see memtune)
+    raise_open_files_limit()  # a descriptor per connection, watch and open file
     logging.basicConfig(
         level=os.environ.get("SYNCER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

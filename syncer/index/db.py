@@ -19,6 +19,7 @@ import msgspec
 from syncer.errors import SyncerError
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
+from syncer.paths import private_file
 
 LOCAL = b"\x00" * 32
 HASH_LEN = 32
@@ -100,6 +101,7 @@ class IndexDB:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path, "-wal", "-shm")  # 0600; SQLite gives -wal/-shm the same mode
         try:
             self.conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
