@@ -79,6 +79,19 @@ SETTINGS: dict[str, Setting] = {
             _is_hostport,
             "must be HOST:PORT",
         ),
+        Setting(
+            "api.password",
+            str,
+            "",
+            "password for the web UI's login page; required to listen beyond loopback",
+        ),
+        Setting(
+            "api.allowed_hosts",
+            list,
+            [],
+            "Host header names the API accepts besides loopback names (DNS-rebinding guard; "
+            "'*' = any)",
+        ),
         Setting("discovery.tracker.enabled", bool, True, "announce to and query trackers"),
         Setting(
             "discovery.tracker.urls",
@@ -244,6 +257,7 @@ class DeviceConfig:
     id: str
     name: str = ""
     addresses: list[str] = field(default_factory=list)
+    paused: bool = False  # neither dialed nor accepted until resumed
 
     @property
     def device_id(self) -> DeviceId:
@@ -312,6 +326,7 @@ class Config:
                 id=str(d["id"]),
                 name=str(d.get("name", "")),
                 addresses=[str(a) for a in d.get("addresses", [])],
+                paused=bool(d.get("paused", False)),
             )
             for d in self.doc.get("devices", [])
         ]
@@ -328,10 +343,14 @@ class Config:
                 )
         if "devices" not in self.doc:
             self.doc["devices"] = tomlkit.aot()
-        table = {"id": dev.id, "name": dev.name, "addresses": dev.addresses}
+        table: dict[str, Any] = {"id": dev.id, "name": dev.name, "addresses": dev.addresses}
+        if dev.paused:
+            table["paused"] = True
         for t in self.doc["devices"]:
             if t["id"] == dev.id:
                 t.update(table)
+                if not dev.paused and "paused" in t:
+                    del t["paused"]
                 return
         self.doc["devices"].append(table)
 

@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from syncer import __version__
-from syncer.api.server import ApiServer, load_or_create_token
+from syncer import events as ev
+from syncer.api.control import DaemonControl
+from syncer.api.server import ApiServer, check_listen, load_or_create_token
 from syncer.config import Config, load_config
 from syncer.deviceid import DeviceId
 from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
+from syncer.events import EventLog
 from syncer.identity import load_or_create
 from syncer.memtune import tune_malloc
 from syncer.model.sync import SyncModel
@@ -92,6 +95,9 @@ class Daemon:
         self.api: ApiServer | None = None
         self.model: SyncModel | None = None
         self.discovery: DiscoveryService | None = None
+        self.events = EventLog()
+        self.control = DaemonControl(self, self.events)
+        self.last_seen: dict[str, float] = {}  # device id -> wall time its last connection ended
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -110,6 +116,9 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
+        api_host, _, api_port = (self._api_override or self.config.get("api.address")).rpartition(":")
+        check_listen(api_host, self.config.get("api.password"))
+        self.events.emit(ev.STARTING, device_id=str(self.device_id))
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
             transport = self.transports.get(scheme)
@@ -120,9 +129,8 @@ class Daemon:
             self.listeners.append(listener)
             log.info("listening on %s", listener.url)
         token = load_or_create_token(self.paths.api_token_file)
-        self.api = ApiServer(self, token)
-        host, _, port = (self._api_override or self.config.get("api.address")).rpartition(":")
-        address = await self.api.start(host, int(port))
+        self.api = ApiServer(self.control, token)
+        address = await self.api.start(api_host, int(api_port), self.config.get("api.password"))
         tmp = self.paths.api_address_file.with_suffix(".tmp")
         tmp.write_text(address)
         os.replace(tmp, self.paths.api_address_file)
@@ -130,7 +138,8 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
-        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
+        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store, self.events)
+        self.control.start()
         await self.model.start()
         self._spawn(self._dial_loop())
 
@@ -210,6 +219,7 @@ class Daemon:
             await self.model.stop()
         if self.api:
             await self.api.stop()
+        await self.control.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info("stopped")
 
@@ -240,6 +250,10 @@ class Daemon:
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
             stream.abort()
             return
+        if dev.paused:
+            log.info("connection from paused device %s refused", peer.short)
+            stream.abort()
+            return
         session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None)
         try:
             await asyncio.wait_for(session.handshake(), HELLO_TIMEOUT)
@@ -260,6 +274,7 @@ class Daemon:
         self.backoff.setdefault(peer, Backoff()).succeeded()
         self.upgrades.setdefault(peer, UpgradePolicy()).connected(Route[route.upper()], time.monotonic())
         log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, info.label, stream.remote_address)
+        self.events.emit(ev.DEVICE_CONNECTED, device=str(peer), name=session.remote_name, transport=info.label, route=route, address=stream.remote_address)
         if self.model is not None:
             session.handler = self.model
             await self.model.on_connected(session)
@@ -272,6 +287,8 @@ class Daemon:
                 del self.sessions[peer]
                 self.upgrades.setdefault(peer, UpgradePolicy()).disconnected()
                 log.info("disconnected from %s: %s", peer.short, session.close_reason)
+                self.last_seen[str(peer)] = time.time()
+                self.events.emit(ev.DEVICE_DISCONNECTED, device=str(peer), reason=session.close_reason)
                 self._wake_dialer.set()
 
     # dialer ------------------------------------------------------------------
@@ -296,7 +313,7 @@ class Daemon:
                 self.discovery.set_wanted([d.device_id for d in self.config.devices if d.device_id not in self.sessions])
             for dev in self.config.devices:
                 device = dev.device_id
-                if device in self.dialing:
+                if device in self.dialing or dev.paused:
                     continue
                 if device in self.sessions:
                     # connected over a punched or relayed route: now and then try better ones
@@ -396,12 +413,12 @@ class Daemon:
             log.error("config not reloaded: %s", e)
             raise
         self.config = cfg
-        paired = {d.device_id for d in cfg.devices}
-        for device in paired:
-            self.pending_store.forget_device(str(device))
+        for d in cfg.devices:
+            self.pending_store.forget_device(d.id)
+        paired = {d.device_id for d in cfg.devices if not d.paused}
         for device, session in list(self.sessions.items()):
             if device not in paired:
-                await session.close("unpaired")
+                await session.close("unpaired" if cfg.device(device) is None else "paused")
         if self.model is not None:
             await self.model.reload(cfg)
         if self.discovery is not None:

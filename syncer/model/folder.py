@@ -205,8 +205,9 @@ class FolderRuntime:
 
             if paths is None or layout.IGNORE_FILE in paths:
                 self.scanner.ignore = Ignore.load(self.root)
-            return self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete)
+            return self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete, progress=self.model.events.progress("FolderScanProgress", folder=self.id))
 
+        started = time.monotonic()
         prev = self.state
         if self.state in ("idle", "starting"):
             self.state = "scanning"
@@ -228,6 +229,8 @@ class FolderRuntime:
         changed = list(result.changed) + list(result.deleted)
         for f in changed:
             self.local[f.name] = f
+        self.model.events.changes(self.id, changed)
+        self.model.events.emit("FolderScanned", folder=self.id, changed=len(result.changed), deleted=len(result.deleted), errors=len(result.errors), duration=time.monotonic() - started)
         for name, msg in result.errors:
             log.warning("folder %s: cannot scan %s: %s", self.id, name, msg)
         if result.temp_files:
@@ -367,6 +370,7 @@ class FolderRuntime:
         if good:
             idx, seq = self.model.index_info.get((self.id, dev), (0, 0))
             self.model.index_info[(self.id, dev)] = (idx, max(seq, max(f.sequence for f in good)))
+        self.model.events.changes(self.id, good, device=str(dev))
         self.recompute(gone | {f.name for f in good})
         self._refresh_sources(dev, {f.name for f in good})
         self.model.schedule(self)
@@ -490,6 +494,7 @@ class FolderRuntime:
                     continue
                 job = Job(glob, n is Need.CONFLICT, fd, have, vkey(glob))
                 self.jobs[glob.name] = job
+                self.model.events.emit("ItemStarted", folder=self.id, item=glob.name, action="update")
                 if len(have) == len(glob.blocks):
                     self._finished(glob.name)
                     continue
@@ -686,6 +691,7 @@ class FolderRuntime:
         return self.model.device_id.short
 
     async def _apply_others(self, others: list[tuple[FileInfo, FileInfo | None]]) -> None:
+        self.model.events.items_started(self.id, [g for g, _ in others])
         await self._apply([], others)
 
     async def _apply(self, finished: list[Any], others: list[Any]) -> None:
@@ -699,6 +705,7 @@ class FolderRuntime:
         outcome, stored = await self.run_in_worker(work)
         for f in stored:
             self.local[f.name] = f
+        self.model.events.items_finished(self.id, stored, outcome.errors)
         for name in outcome.retry:
             self.retry_at[name] = time.monotonic() + RETRY_DELAY
         for name, err in outcome.errors:

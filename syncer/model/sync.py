@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncer.config import Config, FolderConfig
 from syncer.deviceid import DeviceId
+from syncer.events import EventLog
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.version import short_id
 from syncer.model.folder import (
@@ -64,7 +65,8 @@ PIPELINE_SECONDS = 1.0
 class SyncModel:
     LOCAL = LOCAL
 
-    def __init__(self, config: Config, device_id: DeviceId, db_path: Any, pending: PendingStore) -> None:
+    def __init__(self, config: Config, device_id: DeviceId, db_path: Any, pending: PendingStore, events: EventLog | None = None) -> None:
+        self.events = events if events is not None else EventLog()  # the daemon's; folders emit into it
         self.config = config
         self.device_id = device_id
         self.short = short_id(device_id)
