@@ -241,14 +241,7 @@ class DaemonControl:
     def login_url(self) -> dict[str, Any]:
         token = self.sessions.new_login_token(time.monotonic())
         address = self.daemon.api.address if self.daemon.api else ""
-        return {"url": f"{gui_base(address)}/login?token={token}"}
-
-
-def gui_base(address: str) -> str:
-    """The API address as a browser should open it (a wildcard bind means this machine)."""
-    for wildcard in ("0.0.0.0", "[::]"):
-        address = address.replace(f"//{wildcard}:", "//127.0.0.1:" if "." in wildcard else "//[::1]:")
-    return address
+        return {"url": f"{address}/login?token={token}"}
 
 
 def _obj(body: Any) -> dict[str, Any]:
