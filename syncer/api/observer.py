@@ -122,6 +122,13 @@ class Observer:
     def summary(self, f: Any) -> dict[str, Any]:
         """The folder's status row plus what the observer knows (rates, last scan, devices)."""
         row = f.status()
+        # blocks already downloaded into temp files count as done: a single large file then
+        # shows its progress instead of 0% until it is renamed into place
+        partial = sum(min(len(j.have) * j.glob.block_size, j.glob.size) for j in list(f.jobs.values()))
+        total = row["local_bytes"] + row["need_bytes"]
+        if partial and total:
+            row["completion"] = round(min(99.99, 100.0 * (total - row["need_bytes"] + partial) / total), 2)
+        row["downloaded_bytes"] = partial
         down, up = self.rates.get(f.id, (0.0, 0.0))
         row.update(
             down_rate=down,

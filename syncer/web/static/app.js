@@ -123,6 +123,7 @@ function onEvents(batch) {
       case "FolderSummary":
         state.folders.set(d.folder, d.summary);
         renderFolder(d.folder);
+        if (state.open.has(d.folder)) loadDetails(d.folder, ["need"]);
         break;
       case "FolderStateChanged": {
         const f = state.folders.get(d.folder);
