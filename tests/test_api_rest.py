@@ -66,6 +66,7 @@ def test_folder_lifecycle_and_need_reasons(pair) -> None:  # type: ignore[no-unt
     assert "docs" not in b.syncer("folders", "--json", check=True).stdout
 
 
+@pytest.mark.slow
 def test_devices_pending_and_pause(pair, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root, a, b = pair
     api_a = Api(a)
