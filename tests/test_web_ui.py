@@ -1,6 +1,6 @@
 """The web UI in real headless Chromium against real daemons: log in through the one-time URL,
 see a folder and a connected peer, add a device and accept a pending folder through the UI,
-watch progress while a large file syncs, and a phone-width screenshot (docs/screenshots/)."""
+watch progress while a large file syncs, and a phone-width screenshot (SYNCER_SCREENSHOTS=1 writes docs/screenshots/)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def login(d, node) -> None:  # type: ignore[no-untyped-def]
 
 
 def shot(d, name: str) -> None:  # type: ignore[no-untyped-def]
-    if os.environ.get("SYNCER_SCREENSHOTS", "1") != "0":
+    if os.environ.get("SYNCER_SCREENSHOTS") == "1":  # opt-in: refreshes the committed docs images
         SHOTS.mkdir(parents=True, exist_ok=True)
         d.save_screenshot(str(SHOTS / name))
 
