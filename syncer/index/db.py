@@ -165,6 +165,16 @@ class IndexDB:
     def add_folder(self, folder: str, path: str) -> None:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO folders VALUES (?, ?)", (folder, path)))
 
+    def remove_folder(self, folder: str) -> None:
+        """Forget everything about a folder that is no longer shared (its files stay on disk)."""
+
+        def work(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM folders WHERE id = ?", (folder,))
+            for table in ("indexes", "files", "blocks", "need", "need_basis", "counts", "conflicts"):
+                c.execute(f"DELETE FROM {table} WHERE folder = ?", (folder,))
+
+        self._write(work)
+
     def folders(self) -> list[tuple[str, str]]:
         return list(self.conn.execute("SELECT id, path FROM folders ORDER BY id"))
 
