@@ -16,6 +16,7 @@ from typing import Any
 
 from syncer import __version__
 from syncer.api.server import ApiServer, load_or_create_token
+from syncer.bt.service import BtService
 from syncer.config import Config, load_config
 from syncer.deviceid import DeviceId
 from syncer.discovery.service import DiscoveryService
@@ -92,6 +93,7 @@ class Daemon:
         self.api: ApiServer | None = None
         self.model: SyncModel | None = None
         self.discovery: DiscoveryService | None = None
+        self.bt: BtService | None = None
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -130,6 +132,13 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
+        if self.config.get("bt.enabled"):
+            self.bt = BtService(self.paths.state_dir, self.config.get("bt.listen"), lambda: self.discovery.dht if self.discovery else None)
+            try:
+                await self.bt.start()
+            except (OSError, SyncerError) as e:
+                log.warning("BitTorrent unavailable: %s", e)
+                self.bt = None
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
         await self.model.start()
         self._spawn(self._dial_loop())
@@ -192,6 +201,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.paths.api_address_file.unlink()
+        if self.bt is not None:
+            await self.bt.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         for responder in self.responders:
@@ -424,6 +435,30 @@ class Daemon:
 
     def shutdown(self) -> None:
         self._stop.set()
+
+    # BitTorrent publications (syncer/bt/service.py) ---------------------------------------
+    def _bt(self) -> BtService:
+        if self.bt is None:
+            raise DaemonError("BitTorrent is off or unavailable in this daemon (bt.enabled, bt.listen)")
+        return self.bt
+
+    def bt_status(self) -> dict[str, Any]:
+        return self._bt().status()
+
+    def bt_publications(self) -> list[dict[str, Any]]:
+        return self._bt().publications()
+
+    async def bt_publish(self, info_hash: str) -> dict[str, Any]:
+        return await self._bt().publish(info_hash)
+
+    async def bt_unpublish(self, info_hash: str) -> dict[str, Any]:
+        return await self._bt().unpublish(info_hash)
+
+    async def bt_dht_get_peers(self, info_hash: bytes) -> list[tuple[str, int]]:
+        return await self._bt().dht_get_peers(info_hash)
+
+    async def bt_dht_announce(self, info_hash: bytes, port: int) -> int:
+        return await self._bt().dht_announce(info_hash, port)
 
 
 class LostConnectionWrites(logging.Filter):

@@ -30,6 +30,12 @@ class Control(Protocol):
     async def scan(self, folder: str | None) -> dict[str, Any]: ...
     async def resume(self, folder: str) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
+    def bt_status(self) -> dict[str, Any]: ...
+    def bt_publications(self) -> list[dict[str, Any]]: ...
+    async def bt_publish(self, info_hash: str) -> dict[str, Any]: ...
+    async def bt_unpublish(self, info_hash: str) -> dict[str, Any]: ...
+    async def bt_dht_get_peers(self, info_hash: bytes) -> list[tuple[str, int]]: ...
+    async def bt_dht_announce(self, info_hash: bytes, port: int) -> int: ...
 
 
 def load_or_create_token(path: Path) -> str:
@@ -90,6 +96,48 @@ def make_app(control: Control, token: str) -> web.Application:
         control.shutdown()
         return web.json_response({"ok": True})
 
+    async def _json_body(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise SyncerError("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise SyncerError("the request body must be a JSON object")
+        return body
+
+    def _info_hash(body: dict[str, Any]) -> str:
+        ih = body.get("info_hash")
+        if not isinstance(ih, str) or len(ih) != 40:
+            raise SyncerError("info_hash must be 40 hex digits")
+        try:
+            bytes.fromhex(ih)
+        except ValueError:
+            raise SyncerError("info_hash must be 40 hex digits") from None
+        return ih.lower()
+
+    async def bt_status(_: web.Request) -> web.Response:
+        return web.json_response(control.bt_status())
+
+    async def bt_publications(_: web.Request) -> web.Response:
+        return web.json_response(control.bt_publications())
+
+    async def bt_publish(request: web.Request) -> web.Response:
+        return web.json_response(await control.bt_publish(_info_hash(await _json_body(request))))
+
+    async def bt_unpublish(request: web.Request) -> web.Response:
+        return web.json_response(await control.bt_unpublish(_info_hash(await _json_body(request))))
+
+    async def bt_dht_get_peers(request: web.Request) -> web.Response:
+        ih = bytes.fromhex(_info_hash(await _json_body(request)))
+        return web.json_response({"peers": [list(p) for p in await control.bt_dht_get_peers(ih)]})
+
+    async def bt_dht_announce(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        ih, port = bytes.fromhex(_info_hash(body)), body.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise SyncerError("port must be 1..65535")
+        return web.json_response({"nodes": await control.bt_dht_announce(ih, port)})
+
     app = web.Application(middlewares=[auth], client_max_size=1 << 20)
     app.add_routes(
         [
@@ -102,6 +150,12 @@ def make_app(control: Control, token: str) -> web.Application:
             web.post("/rest/scan", scan),
             web.post("/rest/resume", resume),
             web.post("/rest/shutdown", shutdown),
+            web.get("/rest/bt/status", bt_status),
+            web.get("/rest/bt/publications", bt_publications),
+            web.post("/rest/bt/publish", bt_publish),
+            web.post("/rest/bt/unpublish", bt_unpublish),
+            web.post("/rest/bt/dht/get_peers", bt_dht_get_peers),
+            web.post("/rest/bt/dht/announce", bt_dht_announce),
         ]
     )
     return app
