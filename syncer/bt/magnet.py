@@ -35,7 +35,7 @@ class Magnet:
         if self.name:
             parts.append("dn=" + quote(self.name, safe=""))
         parts += ["tr=" + quote(t, safe="") for t in self.trackers]
-        parts += ["x.pe=" + quote(format_hostport(h, p), safe="") for h, p in self.peers]
+        parts += ["x.pe=" + quote(format_hostport(h, p), safe=":[]") for h, p in self.peers]
         if self.select_only:
             parts.append("so=" + format_ranges(self.select_only))
         return "magnet:?" + "&".join(parts)

@@ -61,7 +61,6 @@ class PeerLink(asyncio.Protocol):
         self.serving = False
         self.metadata_served = 0
         self.client = ""
-        self.strikes = 0
         self._timer: asyncio.TimerHandle | None = None
 
     @property

@@ -10,10 +10,12 @@ routes their decisions to connections and to the disk thread.
 
 Defences against a peer: everything it sends is bounded by the wire machine; a block is kept only
 if we asked that peer for it; each piece is held in memory (at most `max_partial` of them) until
-its SHA-1 matches, so bad data never reaches the files. A piece failing its check strikes each
-peer that sent blocks of it; a peer that sent all of it, or STRIKES pieces in all, is banned (its
-address is never dialled again) and dropped, and the piece is fetched again from others. A peer
-that lets our requests sit for SNUB_TIMEOUT gets them handed to others and only one at a time.
+its SHA-1 matches, so bad data never reaches the files. When a piece fails its check and one peer
+sent all of it, that peer is banned (its address is never dialled again) and dropped; when
+several did, the hash of each block and its sender are kept ("smart ban", as libtorrent does) and
+once the piece passes, every peer whose block differed from the good one is banned. The piece is
+fetched again from the others either way. A peer that lets our requests sit for SNUB_TIMEOUT
+gets them handed to others and only one at a time.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ MAX_DIALS = 8
 DIAL_TIMEOUT = 10.0
 TICK = 1.0
 SNUB_TIMEOUT = 30.0
-STRIKES = 3
+MAX_SUSPECT_PIECES = 256  # failed pieces whose block hashes are kept for smart ban
 MIN_DEPTH = 16
 MAX_DEPTH = 500
 REQUEST_QUEUE_TIME = 3.0  # seconds of a peer's rate kept requested
@@ -185,6 +187,8 @@ class Torrent:
         self.selected: set[int] = set()
         self._file_left: list[int] = []
         self._buffers: dict[int, bytearray] = {}
+        self._senders: dict[int, dict[int, PeerLink]] = {}  # piece -> block -> who sent it
+        self._suspects: dict[int, dict[int, tuple[PeerLink, bytes]]] = {}  # piece -> block -> (sender, hash)
         self.downloaded = 0  # payload bytes received in this run (verified or not)
         self.uploaded = 0
         self.wasted = 0  # payload of pieces that failed their check
@@ -679,6 +683,7 @@ class Torrent:
         if buf is None:
             buf = self._buffers[ev.index] = bytearray(info.piece_size(ev.index))
         buf[ev.begin : ev.begin + n] = ev.data
+        self._senders.setdefault(ev.index, {})[ev.begin // BLOCK] = link
         link.downloaded += n
         link.down.add(n, now)
         link.last_block = now
@@ -693,8 +698,11 @@ class Torrent:
 
     async def _verify(self, piece: int, buf: bytearray) -> None:
         loop = asyncio.get_running_loop()
+        senders = self._senders.pop(piece, {})
+        suspect = self._suspects.pop(piece, None)
+        want_hashes = suspect is not None or len(set(senders.values())) > 1
         try:
-            ok = await loop.run_in_executor(self.disk, self._check_write, piece, buf)
+            ok, hashes = await loop.run_in_executor(self.disk, self._check_write, piece, buf, want_hashes)
         except (StorageError, OSError) as e:
             self._fail(f"cannot write: {e}")
             return
@@ -705,15 +713,21 @@ class Torrent:
             self.wasted += len(buf)
             contributors = picker.piece_failed(piece)
             log.info("bt %s: piece %d failed its hash check (from %s)", self.name, piece, ", ".join(c.label for c in contributors if isinstance(c, PeerLink)))
-            for c in contributors:
-                if not isinstance(c, PeerLink):
-                    continue
-                c.strikes += 1
-                if len(contributors) == 1 or c.strikes >= STRIKES:
-                    self.ban(c, f"sent {c.strikes} piece(s) that failed the hash check")
+            if len(contributors) == 1:
+                (c,) = contributors
+                if isinstance(c, PeerLink):
+                    self.ban(c, "sent a piece that failed the hash check")
+            elif hashes is not None:
+                self._suspects[piece] = {b: (link, hashes[b]) for b, link in senders.items()}
+                while len(self._suspects) > MAX_SUSPECT_PIECES:
+                    del self._suspects[next(iter(self._suspects))]
             for link in list(self.links):
                 self._fill(link)
             return
+        if suspect is not None and hashes is not None:
+            for b, (link, h) in suspect.items():
+                if hashes[b] != h:
+                    self.ban(link, f"sent a corrupt block of piece {piece} (found once the piece passed)")
         picker.piece_passed(piece)
         self.verified_bytes += self._selected_bytes(piece)
         assert self.storage is not None and self.servable is not None
@@ -737,15 +751,20 @@ class Torrent:
         if picker.left == 0 and self.state is State.DOWNLOADING:
             await self._finished()
 
-    def _check_write(self, piece: int, buf: bytearray) -> bool:
-        """(Disk thread.) Verify a piece; only a good one is written and journaled."""
+    def _check_write(self, piece: int, buf: bytearray, block_hashes: bool) -> tuple[bool, list[bytes] | None]:
+        """(Disk thread.) Verify a piece; only a good one is written and journaled. With
+        `block_hashes`, also the SHA-1 of each block (for smart ban)."""
         assert self.info is not None and self.storage is not None
+        hashes = None
+        if block_hashes:
+            mv = memoryview(buf)
+            hashes = [hashlib.sha1(mv[i : i + BLOCK]).digest() for i in range(0, len(buf), BLOCK)]
         if hashlib.sha1(buf).digest() != self.info.piece_hash(piece):
-            return False
+            return False, hashes
         self.storage.write_piece(piece, buf)
         if self.journal is not None:
             self.journal.append(piece)
-        return True
+        return True, hashes
 
     # --- uploading -----------------------------------------------------------------------
     def _on_request(self, link: PeerLink, ev: Request) -> None:

@@ -12,15 +12,6 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from syncer.api import client
@@ -50,6 +41,8 @@ def publish(
     json: bool = common.JsonOption,
 ) -> None:
     """Publish PATH as a BitTorrent v1 torrent seeded by the daemon; prints its magnet link."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
     from syncer.bt.create import CreateError, build
     from syncer.bt.magnet import Magnet, parse_hostport
     from syncer.bt.metainfo import torrent_file
@@ -241,6 +234,16 @@ async def _get(p: Any, cfg: Any, daemon: bool, ih: bytes, info: Any, trackers: t
 
 async def _watch(torrent: Any, stop: asyncio.Event, seed: bool, quiet: bool) -> None:
     """Until complete (or, with --seed, until a signal), with a progress bar on a terminal."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     console = Console(stderr=True)
     columns = (
         TextColumn("{task.description}"),
