@@ -183,9 +183,7 @@ class LtSeed:
     """A libtorrent session seeding a (hybrid, so padded) multi-file torrent of `root`."""
 
     def __init__(self, root: Path, piece_size: int = 0, **settings) -> None:
-        fs = lt.file_storage()
-        lt.add_files(fs, str(root))
-        ct = lt.create_torrent(fs, piece_size)
+        ct = lt.create_torrent(sorted(lt.list_files(str(root)), key=lambda f: f.filename.split("/")), piece_size)
         lt.set_piece_hashes(ct, str(root.parent))
         self.data = lt.bencode(ct.generate())
         self.ti = lt.torrent_info(self.data)
@@ -239,10 +237,28 @@ def test_get_downloads_a_libtorrent_seed_and_a_subset_of_it(tmp_path):
     assert sorted(got) == ["album/cd1/t1.flac", "album/cd1/t2.flac", "album/notes.txt"]
     assert all(got[k] == (src.parent / k).read_bytes() for k in got)
     assert sorted(str(p.relative_to(part)) for p in part.rglob("*")) == ["album", "album/cd1", "album/cd1/t1.flac", "album/cd1/t2.flac", "album/notes.txt"]
-    again = tmp_path / "again"
-    again.mkdir()
-    proc = run_syncer(home, "get", str(tmp_path / "missing.torrent"), "--to", str(again))
+    proc = run_syncer(home, "get", str(tmp_path / "missing.torrent"), "--to", str(part))
     assert proc.returncode != 0 and "cannot read" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # a rerun over complete files verifies them and fetches nothing; with --seed (and a .torrent
+    # file this time) it then keeps seeding: with libtorrent's seed gone, a fresh libtorrent
+    # session fetches the torrent, pad files included, from the syncer process alone
+    tfile = tmp_path / "album.torrent"
+    tfile.write_bytes(seed.data)
+    env = dict(os.environ, SYNCER_HOME=str(home))
+    s = get(home, seed.magnet, "--to", str(full))  # complete already: verified, nothing fetched
+    assert s["state"] == "done" and s["downloaded"] == 0 and s["resumed_pieces"] == seed.ti.num_pieces()
+    proc = subprocess.Popen([SYNCER, "get", str(tfile), "--to", str(full), "--seed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "complete; seeding on 127.0.0.1:" in line, line
+        port = int(line.split("seeding on 127.0.0.1:")[1].split()[0])
+        seed.ses.remove_torrent(seed.h)
+        fetch_with_libtorrent(strip(seed.magnet, "x.pe") + f"&x.pe=127.0.0.1:{port}", tmp_path / "from-syncer")
+        assert tree(tmp_path / "from-syncer" / "album") == tree(src)
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
 
 
 def _verified_on_disk(part_file: Path, ti: lt.torrent_info) -> int:

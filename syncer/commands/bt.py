@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,7 @@ async def _get(p: Any, cfg: Any, daemon: bool, ih: bytes, info: Any, trackers: t
         loop.add_signal_handler(sig, stop.set)
     session.add(torrent)
     try:
-        await _watch(torrent, stop, seed, quiet=json)
+        await _watch(torrent, stop, seed, quiet=json, listen=f"{session.host}:{session.port}")
     finally:
         stats = torrent.statistics()
         await session.stop()
@@ -232,7 +233,7 @@ async def _get(p: Any, cfg: Any, daemon: bool, ih: bytes, info: Any, trackers: t
     return stats
 
 
-async def _watch(torrent: Any, stop: asyncio.Event, seed: bool, quiet: bool) -> None:
+async def _watch(torrent: Any, stop: asyncio.Event, seed: bool, quiet: bool, listen: str) -> None:
     """Until complete (or, with --seed, until a signal), with a progress bar on a terminal."""
     from rich.progress import (
         BarColumn,
@@ -270,7 +271,7 @@ async def _watch(torrent: Any, stop: asyncio.Event, seed: bool, quiet: bool) -> 
                     return
                 if done_at is None:
                     done_at = time.monotonic()
-                    console.print(f"{s['name']}: complete; seeding until Ctrl-C", highlight=False)
+                    print(f"{s['name']}: complete; seeding on {listen} until Ctrl-C", file=sys.stderr, flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REFRESH)
 
