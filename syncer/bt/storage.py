@@ -48,6 +48,9 @@ class Storage:
         """`paths[i]`: file i's path below root, or None if it is never written (pad files,
         files not selected). `pads[i]`: file i is BEP 47 padding (reads as zeros).
         `complete`: seeding files already in place (no part files)."""
+        for p in paths:  # metainfo.py sanitised them; a second line of defence costs nothing
+            if p is not None and (not p or any(c in ("", ".", "..") or "/" in c or "\0" in c for c in p)):
+                raise StorageError(errno.EINVAL, f"unsafe path {p!r}")
         self.root = root
         self.paths = paths
         self.layout = layout
