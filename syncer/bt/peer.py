@@ -72,6 +72,9 @@ class PeerLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.closed:  # refused before the transport existed (too many connections)
+            transport.abort()
+            return
         if not self.outbound:
             peer = transport.get_extra_info("peername")
             if peer:
