@@ -157,6 +157,14 @@ def test_libtorrent_fetches_publications_through_the_tracker_only_and_the_dht_on
         fetch_with_libtorrent(strip(magnet_b, "x.pe"), tmp_path / "lt-b", 40, enable_dht=True, dht_bootstrap_nodes=f"127.0.0.1:{dport}", dht_announce_interval=2)
         assert tree(tmp_path / "lt-b" / "data") == tree(b)
 
+        # `syncer get` next to the running daemon looks B up through the daemon's DHT node (its
+        # own listener is another port) and fetches it from the daemon's seed
+        got = tmp_path / "got-b"
+        got.mkdir()
+        proc = node.syncer("get", strip(magnet_b, "x.pe"), "--to", str(got), "--json", timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["state"] == "done" and tree(got / "data") == tree(b)
+
         # the publications show their uploads
         rows = {r["name"]: r for r in json.loads(node.syncer("publications", "--json", check=True).stdout)}
         assert rows["holiday"]["state"] == "seeding" and rows["holiday"]["uploaded"] >= 2_200_010 and rows["holiday"]["ratio"] >= 1.0
@@ -237,6 +245,14 @@ def test_get_downloads_a_libtorrent_seed_and_a_subset_of_it(tmp_path):
     assert sorted(got) == ["album/cd1/t1.flac", "album/cd1/t2.flac", "album/notes.txt"]
     assert all(got[k] == (src.parent / k).read_bytes() for k in got)
     assert sorted(str(p.relative_to(part)) for p in part.rglob("*")) == ["album", "album/cd1", "album/cd1/t1.flac", "album/cd1/t2.flac", "album/notes.txt"]
+    # BEP 53: the magnet's so= selects by file index (pad files count, as in the file list)
+    from syncer.bt.metainfo import parse_torrent
+
+    index = next(i for i, f in enumerate(parse_torrent(seed.data).info.files) if f.name == "cd2/t3.flac")
+    so = tmp_path / "so"
+    so.mkdir()
+    assert get(home, seed.magnet + f"&so={index}", "--to", str(so))["state"] == "done"
+    assert sorted(tree(so)) == ["album/cd2/t3.flac"]
     proc = run_syncer(home, "get", str(tmp_path / "missing.torrent"), "--to", str(part))
     assert proc.returncode != 0 and "cannot read" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     # a rerun over complete files verifies them and fetches nothing; with --seed (and a .torrent

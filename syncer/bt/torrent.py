@@ -694,7 +694,9 @@ class Torrent:
                 other.send(Cancel(*r))
         if complete:
             self._spawn(self._verify(ev.index, self._buffers.pop(ev.index)))
-        self._fill(link)
+        # refill once a quarter of the pipeline drained: requests go out in batches, one write each
+        if self.picker is not None and self.picker.requests_of(link) * 4 <= self._depth(link, now) * 3:
+            self._fill(link)
 
     async def _verify(self, piece: int, buf: bytearray) -> None:
         loop = asyncio.get_running_loop()
