@@ -76,6 +76,7 @@ class PiecePicker:
         self._dirty = True
         self._built_at = float("-inf")
         self.left = sum(1 for i in range(self.n) if i in wanted and i not in have)  # wanted, not had
+        self._need: int | None = None  # wanted & ~have as an int (for interesting()), cached
 
     # --- geometry ------------------------------------------------------------------------
     def blocks_in(self, piece: int) -> int:
@@ -139,8 +140,9 @@ class PiecePicker:
         bits = self.peers[peer]
         if bits is None:
             return True
-        need = int.from_bytes(self.wanted.bits, "big") & ~int.from_bytes(self.have.bits, "big")
-        return bool(need & int.from_bytes(bits.bits, "big"))
+        if self._need is None:
+            self._need = int.from_bytes(self.wanted.bits, "big") & ~int.from_bytes(self.have.bits, "big")
+        return bool(self._need & int.from_bytes(bits.bits, "big"))
 
     def requests_of(self, peer: Peer) -> int:
         return len(self._by_peer.get(peer, ()))
@@ -281,6 +283,7 @@ class PiecePicker:
         self.partial.pop(piece, None)
         if self.have.add(piece) and piece in self.wanted:
             self.left -= 1
+        self._need = None
 
     def piece_failed(self, piece: int) -> set[Peer]:
         """The piece's hash check failed: it starts over; returns who sent its blocks."""
@@ -295,6 +298,7 @@ class PiecePicker:
 
     def set_wanted(self, wanted: Bitfield) -> None:
         self.wanted = wanted
+        self._need = None
         self.left = sum(1 for i in range(self.n) if i in wanted and i not in self.have)
         self._dirty = True
         self._built_at = float("-inf")

@@ -45,6 +45,7 @@ from syncer.bt.storage import Storage, StorageError
 from syncer.bt.wire import (
     ADVERTISED_REQQ,
     BLOCK,
+    METADATA_PIECE,
     AllowedFast,
     BitfieldMsg,
     Cancel,
@@ -91,6 +92,7 @@ DHT_RETRY = 5.0
 TRACKER_RETRY = 30.0
 FEW_PEERS_INTERVAL = 30.0
 CANDIDATE_FAILURES = 5
+STOP_ANNOUNCE_TIMEOUT = 3.0
 
 
 class State(enum.Enum):
@@ -231,8 +233,10 @@ class Torrent:
         for link in list(self.links):
             link.close("torrent stopped")
         if self._announced and self.session.http is not None:
+            # best effort, and short: an unreachable tracker must not hold up a shutdown
             await asyncio.gather(
-                *(self._announce_once(url, "stopped") for url in self._announced), return_exceptions=True
+                *(asyncio.wait_for(self._announce_once(url, "stopped"), STOP_ANNOUNCE_TIMEOUT) for url in self._announced),
+                return_exceptions=True,
             )
         loop = asyncio.get_running_loop()
         if self.storage is not None:
@@ -612,7 +616,7 @@ class Torrent:
         if not link.conn.peer_ut_metadata:
             return
         data = serve_piece(self.info.raw, piece) if self.info else None
-        limit = 4 * -(-len(self.info.raw) // (16 << 10)) + 8 if self.info else 0
+        limit = 4 * -(-len(self.info.raw) // METADATA_PIECE) + 8 if self.info else 0
         if data is None or link.metadata_served >= limit:
             link.send(MetadataReject(piece))
             return
