@@ -126,6 +126,7 @@ def fetch_with_libtorrent(magnet: str, save: Path, timeout: float = 30, **extra)
 
 
 # --- syncer publishes, libtorrent downloads -------------------------------------------------
+@pytest.mark.slow
 def test_libtorrent_fetches_publications_through_the_tracker_only_and_the_dht_only(tmp_path):
     """One daemon, two publications: A announced only to a `syncer tracker` (--no-dht), B only
     into the DHT through a `syncer dht-node` (no tracker); each fetched by a libtorrent session
@@ -154,7 +155,8 @@ def test_libtorrent_fetches_publications_through_the_tracker_only_and_the_dht_on
                 return bool(r.get(b"r", {}).get(b"values"))
 
         wait_until(announced, 30, "the daemon to announce B into the DHT")
-        fetch_with_libtorrent(strip(magnet_b, "x.pe"), tmp_path / "lt-b", 40, enable_dht=True, dht_bootstrap_nodes=f"127.0.0.1:{dport}", dht_announce_interval=2)
+        # kept alive below: a vanished DHT node would cost the later lookups query timeouts
+        lt_b = fetch_with_libtorrent(strip(magnet_b, "x.pe"), tmp_path / "lt-b", 40, enable_dht=True, dht_bootstrap_nodes=f"127.0.0.1:{dport}", dht_announce_interval=2)
         assert tree(tmp_path / "lt-b" / "data") == tree(b)
 
         # `syncer get` next to the running daemon looks B up through the daemon's DHT node (its
@@ -164,6 +166,15 @@ def test_libtorrent_fetches_publications_through_the_tracker_only_and_the_dht_on
         proc = node.syncer("get", strip(magnet_b, "x.pe"), "--to", str(got), "--json", timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["state"] == "done" and tree(got / "data") == tree(b)
+        # and without a daemon, through a DHT node of its own joined via the bootstrap node
+        lone = tmp_path / "lone"
+        for kv in (("discovery.dht.bootstrap", f"127.0.0.1:{dport}"), ("bt.listen", "127.0.0.1:0")):
+            run_syncer(lone, "config", "set", *kv, check=True)
+        got = tmp_path / "got-lone"
+        got.mkdir()
+        s = get(lone, strip(magnet_b, "x.pe"), "--to", str(got))
+        assert s["state"] == "done" and tree(got / "data") == tree(b)
+        del lt_b
 
         # the publications show their uploads
         rows = {r["name"]: r for r in json.loads(node.syncer("publications", "--json", check=True).stdout)}

@@ -88,7 +88,7 @@ REQUEST_QUEUE_TIME = 3.0  # seconds of a peer's rate kept requested
 BUFFER_BYTES = 64 << 20  # pieces held in memory until verified
 SERVE_BATCH = 16
 DHT_INTERVAL = 15 * 60.0
-DHT_RETRY = 5.0
+DHT_RETRY = 1.0  # first retry after 2 s, doubling: the node may still be joining
 TRACKER_RETRY = 30.0
 FEW_PEERS_INTERVAL = 30.0
 CANDIDATE_FAILURES = 5
@@ -923,6 +923,7 @@ class Torrent:
                         announced = await finder.announce(self.info_hash, self.session.port)
                 except Exception as e:  # the DHT is best effort: its failures never end a torrent
                     log.info("bt %s: DHT: %s", self.name, e or type(e).__name__)
+                log.debug("bt %s: DHT: %d peers found, announce taken by %d nodes", self.name, found, announced)
                 downloading = self.state in (State.METADATA, State.DOWNLOADING)
                 if announced or (found and not downloading):
                     delay = DHT_INTERVAL if not downloading else FEW_PEERS_INTERVAL * 2

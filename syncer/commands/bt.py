@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -136,6 +137,7 @@ def get(
     from syncer.bt import magnet as magnets
     from syncer.bt.metainfo import MetainfoError, parse_info, parse_torrent
 
+    logging.basicConfig(level=os.environ.get("SYNCER_LOG_LEVEL", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = common.paths()
     cfg = common.config()
     to = to.expanduser().absolute()
