@@ -57,10 +57,12 @@ def collect(path: Path) -> tuple[bool, list[LocalFile]]:
     if not stat.S_ISDIR(st.st_mode):
         raise CreateError(f"{path} is neither a regular file nor a directory")
     out: list[LocalFile] = []
-
-    def walk(d: Path, rel: tuple[str, ...]) -> None:
+    stack: list[tuple[Path, tuple[str, ...]]] = [(path, ())]  # explicit: no recursion limit on depth
+    while stack:
+        d, rel = stack.pop()
         with os.scandir(d) as it:
             entries = sorted(it, key=lambda e: e.name)
+        subdirs = []
         for e in entries:
             if not rel and e.name == MARKER or is_temp_name(e.name):
                 continue
@@ -72,13 +74,13 @@ def collect(path: Path) -> tuple[bool, list[LocalFile]]:
                 raise CreateError(f"{d / e.name!r}: a name BitTorrent clients would change; rename it to publish")
             est = e.stat(follow_symlinks=False)
             if stat.S_ISDIR(est.st_mode):
-                walk(Path(e.path), (*rel, e.name))
+                subdirs.append((Path(e.path), (*rel, e.name)))
             elif stat.S_ISREG(est.st_mode):
                 out.append(LocalFile((*rel, e.name), est.st_size, est.st_mtime_ns))
                 if len(out) > MAX_FILES:
                     raise CreateError(f"more than {MAX_FILES} files to publish")
-
-    walk(path, ())
+        stack.extend(reversed(subdirs))
+    out.sort(key=lambda f: f.parts)
     if not out:
         raise CreateError(f"{path} holds no files to publish")
     return False, out
