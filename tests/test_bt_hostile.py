@@ -135,17 +135,26 @@ async def _until(pred) -> None:
 
 def test_bad_input_on_the_command_line_is_one_clear_line(tmp_path: Path):
     home = tmp_path / "home"
-    for args, words in [
+    bad = tmp_path / "bad.torrent"
+    bad.write_bytes(b"d4:infoi1ee")
+    for args, words in [  # (the messages themselves are unit-tested; this is the CLI path)
         (("get", "magnet:?xt=urn:btih:nothex"), "40 hex"),
-        (("get", "magnet:?dn=x"), "no BitTorrent info-hash"),
         (("get", str(tmp_path)), "cannot read"),
-        (("publish", str(tmp_path / "missing")), "does not exist"),
         (("publish", str(tmp_path), "--tracker", "udp://x:1"), "http(s)"),
         (("unpublish", "nothing"), "no publication matches"),
     ]:
-        bad = tmp_path / "bad.torrent"
-        bad.write_bytes(b"d4:infoi1ee")
         proc = run_syncer(home, *args)
         assert proc.returncode == 1 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
     proc = run_syncer(home, "get", str(tmp_path / "bad.torrent"))
     assert proc.returncode == 1 and "no info dictionary" in proc.stderr
+    # --files that match nothing: said at once (the .torrent holds the file list), nothing written
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    (pub / "a.txt").write_text("a")
+    tfile = tmp_path / "pub.torrent"
+    run_syncer(home, "publish", str(pub), "--torrent-out", str(tfile), check=True)
+    dl = tmp_path / "dl"
+    dl.mkdir()
+    proc = run_syncer(home, "get", str(tfile), "--to", str(dl), "--files", "*.mkv")
+    assert proc.returncode == 1 and "--files matched none of the torrent's files (e.g. a.txt)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and list(dl.iterdir()) == []

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from syncer.bt.bitfield import Bitfield
-from syncer.bt.wire import Event, Handshake, Message, PeerConnection, ProtocolError
+from syncer.bt.wire import Handshake, Message, PeerConnection
 from syncer.transfer.rates import RateMeter
 
 if TYPE_CHECKING:
@@ -161,6 +161,3 @@ class PeerLink(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-
-def is_error(ev: Event) -> bool:
-    return isinstance(ev, ProtocolError)

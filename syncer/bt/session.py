@@ -59,7 +59,6 @@ class BtSession:
         self.disk = ThreadPoolExecutor(1, thread_name_prefix="bt-disk")
         self._server: asyncio.Server | None = None
         self._unrouted: set[PeerLink] = set()
-        self._routed = 0
 
     async def start(self) -> tuple[str, int]:
         loop = asyncio.get_running_loop()

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from syncer.bt import tracker as trackers
+from syncer.bt import tracker as tracker_client
 from syncer.bt.bitfield import Bitfield
 from syncer.bt.layout import Layout
 from syncer.bt.metadata import MetadataFetcher, serve_piece
@@ -166,7 +166,7 @@ class Torrent:
         self.info_hash = info_hash
         self.placement = placement
         self.info: Info | None = None
-        self.trackers = tuple(t for t in trackers if trackers_supported(t))
+        self.trackers = tuple(t for t in trackers if tracker_client.supported(t))  # http(s) only
         self.use_dht = use_dht
         self.seed_when_done = seed
         self.journal = journal
@@ -276,17 +276,21 @@ class Torrent:
         self.layout = Layout.of(info)
         pl = self.placement
         top = pl.top or info.name
-        if pl.complete:
-            self.selected = {i for i, f in enumerate(info.files) if not f.pad}
-        else:
-            self.selected = select_files(info, pl.globs, pl.indices)
-        paths: list[tuple[str, ...] | None] = []
-        for i, f in enumerate(info.files):
-            if f.pad or i not in self.selected:
-                paths.append(None)
+        try:
+            if pl.complete:
+                self.selected = {i for i, f in enumerate(info.files) if not f.pad}
             else:
-                paths.append((top,) if info.single_file else (top, *f.path))
-        self.storage = Storage(pl.root, paths, self.layout, [f.executable for f in info.files], [f.pad for f in info.files], complete=pl.complete)
+                self.selected = select_files(info, pl.globs, pl.indices)
+            paths: list[tuple[str, ...] | None] = []
+            for i, f in enumerate(info.files):
+                if f.pad or i not in self.selected:
+                    paths.append(None)
+                else:
+                    paths.append((top,) if info.single_file else (top, *f.path))
+            self.storage = Storage(pl.root, paths, self.layout, [f.executable for f in info.files], [f.pad for f in info.files], complete=pl.complete)
+        except (TorrentError, StorageError) as e:
+            self._fail(str(e))
+            return
         wanted = Bitfield(info.num_pieces)
         for i in self.selected:
             wanted.update(self.layout.pieces_of_file(i))
@@ -876,10 +880,10 @@ class Torrent:
             return 1  # unknown: anything non-zero says "not a seed"
         return max(0, self.wanted_bytes - self.verified_bytes)
 
-    async def _announce_once(self, url: str, event: str | None) -> trackers.AnnounceResult:
+    async def _announce_once(self, url: str, event: str | None) -> tracker_client.AnnounceResult:
         http = self.session.http
         assert http is not None
-        return await trackers.announce(http, url, self.info_hash, self.session.peer_id, self.session.port, self.uploaded, self.downloaded, self.left, event)
+        return await tracker_client.announce(http, url, self.info_hash, self.session.peer_id, self.session.port, self.uploaded, self.downloaded, self.left, event)
 
     async def _tracker_loop(self, url: str) -> None:
         event: str | None = "started"
@@ -890,7 +894,7 @@ class Torrent:
                 event = "completed"
             try:
                 res = await self._announce_once(url, event)
-            except trackers.TrackerError as e:
+            except tracker_client.TrackerError as e:
                 log.info("bt %s: %s", self.name, e)
                 retry.failed(time.monotonic())
                 delay = max(1.0, retry.next_at - time.monotonic())
@@ -957,7 +961,3 @@ class Torrent:
             "pieces": self.info.num_pieces if self.info else 0,
             "pieces_have": self.picker.have.count if self.picker else (self.info.num_pieces if self.info and self.placement.complete else 0),
         }
-
-
-def trackers_supported(url: str) -> bool:
-    return trackers.supported(url)

@@ -137,7 +137,8 @@ def get(
     from syncer.bt import magnet as magnets
     from syncer.bt.metainfo import MetainfoError, parse_info, parse_torrent
 
-    logging.basicConfig(level=os.environ.get("SYNCER_LOG_LEVEL", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the outcome (an error included) is reported once, below; logs only when asked for
+    logging.basicConfig(level=os.environ.get("SYNCER_LOG_LEVEL", "CRITICAL").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p = common.paths()
     cfg = common.config()
     to = to.expanduser().absolute()
