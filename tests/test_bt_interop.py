@@ -2,9 +2,11 @@
 
 - libtorrent downloads a directory `syncer publish`ed by a daemon from the magnet alone (metadata
   over ut_metadata), finding the daemon only through a `syncer tracker`, then only through a
-  `syncer dht-node` bootstrap;
+  `syncer dht-node` bootstrap; `syncer get` finds the same publication through the DHT, once
+  beside the running daemon (the daemon's node) and once without one (a node of its own);
 - `syncer get` downloads a libtorrent-seeded multi-file (hybrid, padded) torrent from its
-  magnet; `--files` fetches a subset and writes nothing else;
+  magnet; `--files` and BEP 53 `so=` fetch a subset and write nothing else; a rerun over complete
+  files fetches nothing; `get --seed` then serves a fresh libtorrent session alone;
 - kill -9 of `syncer get`, then a rerun resumes without fetching verified pieces again (counted
   by what the libtorrent seed uploaded);
 - a hand-written peer that answers every request with garbage is detected, banned and dropped,
@@ -167,9 +169,7 @@ def test_libtorrent_fetches_publications_through_the_tracker_only_and_the_dht_on
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["state"] == "done" and tree(got / "data") == tree(b)
         # and without a daemon, through a DHT node of its own joined via the bootstrap node
-        lone = tmp_path / "lone"
-        for kv in (("discovery.dht.bootstrap", f"127.0.0.1:{dport}"), ("bt.listen", "127.0.0.1:0")):
-            run_syncer(lone, "config", "set", *kv, check=True)
+        lone = syncer_home(tmp_path, "lone", dht_bootstrap=f"127.0.0.1:{dport}")
         got = tmp_path / "got-lone"
         got.mkdir()
         s = get(lone, strip(magnet_b, "x.pe"), "--to", str(got))
@@ -230,10 +230,13 @@ def get(home: Path, *args: str, timeout: float = 60) -> dict:
     return json.loads(proc.stdout)
 
 
-def syncer_home(tmp_path: Path, name: str = "getter") -> Path:
+def syncer_home(tmp_path: Path, name: str = "getter", dht_bootstrap: str = "") -> Path:
+    """A SYNCER_HOME for `syncer get`: BitTorrent on loopback, DHT off unless a bootstrap node is
+    given (config.toml written directly: the CLI's `config set` costs a process start each)."""
     home = tmp_path / name
-    for kv in (("discovery.dht.enabled", "false"), ("bt.listen", "127.0.0.1:0")):
-        run_syncer(home, "config", "set", *kv, check=True)
+    home.mkdir(parents=True)
+    dht = f'enabled = true\nbootstrap = ["{dht_bootstrap}"]' if dht_bootstrap else "enabled = false"
+    (home / "config.toml").write_text(f'[discovery.dht]\n{dht}\n\n[bt]\nlisten = "127.0.0.1:0"\n')
     return home
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemons import Node, wait_until
-from tests.helpers import SYNCER, run_syncer
-from tests.test_bt_interop import make_tree, server, tree
+from tests.helpers import SYNCER
+from tests.test_bt_interop import make_tree, server, syncer_home, tree
 
 pytestmark = [
     pytest.mark.e2e,
@@ -84,8 +84,7 @@ def test_transmission_interop_both_ways(tmp_path):
         assert tr.remote("-a", str(tfile), "-w", str(theirs.parent)).returncode == 0
         wait_until(lambda: tr.done("1"), 30, "Transmission to verify its seed")
         magnet = subprocess.run(["transmission-show", "-m", str(tfile)], capture_output=True, text=True, check=True).stdout.strip()
-        home = tmp_path / "getter"
-        run_syncer(home, "config", "set", "discovery.dht.enabled", "false", check=True)
+        home = syncer_home(tmp_path)
         got = tmp_path / "got"
         got.mkdir()
         getter = subprocess.Popen([SYNCER, "get", magnet + f"&x.pe=127.0.0.1:{tr.peer_port}", "--to", str(got), "--json"], env=dict(os.environ, SYNCER_HOME=str(home)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

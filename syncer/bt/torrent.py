@@ -515,6 +515,9 @@ class Torrent:
                 self._on_handshake(link, ev)
             elif t is ProtocolError:
                 log.info("bt %s: %s: %s", self.name, link.label, ev.reason)
+                if ev.reason == "connected to ourselves":  # our own address, heard of somewhere
+                    self.banned.add(link.address)
+                    self.candidates.pop(link.address, None)
                 link.close(ev.reason)
             elif t is Unchoke:
                 self._fill(link)
