@@ -168,6 +168,15 @@ SETTINGS: dict[str, Setting] = {
             True,
             "never choke paired devices sharing a folder",
         ),
+        Setting("bt.enabled", bool, True, "seed publications over BitTorrent (syncer publish)"),
+        Setting(
+            "bt.listen",
+            str,
+            "0.0.0.0:6881",
+            "BitTorrent peer-wire TCP HOST:PORT (its own port, apart from the sync protocol; 0 = any)",
+            _is_hostport,
+            "must be HOST:PORT",
+        ),
         Setting("watch.enabled", bool, True, "watch folders for changes"),
         Setting(
             "watch.modify_events",

@@ -18,6 +18,7 @@ from syncer import __version__
 from syncer import events as ev
 from syncer.api.control import DaemonControl
 from syncer.api.server import ApiServer, check_listen, load_or_create_token
+from syncer.bt.service import BtService
 from syncer.config import Config, load_config
 from syncer.deviceid import DeviceId
 from syncer.discovery.service import DiscoveryService
@@ -99,6 +100,7 @@ class Daemon:
         self.events = EventLog()
         self.control = DaemonControl(self, self.events)
         self.last_seen: dict[str, float] = {}  # device id -> wall time its last connection ended
+        self.bt: BtService | None = None
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -144,6 +146,13 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
+        if self.config.get("bt.enabled"):
+            self.bt = BtService(self.paths.state_dir, self.config.get("bt.listen"), lambda: self.discovery.dht if self.discovery else None)
+            try:
+                await self.bt.start()
+            except (OSError, SyncerError) as e:
+                log.warning("BitTorrent unavailable: %s", e)
+                self.bt = None
         self._spawn(self._dial_loop())
 
     def _listen_port(self) -> int:
@@ -204,6 +213,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.paths.api_address_file.unlink()
+        if self.bt is not None:
+            await self.bt.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         for responder in self.responders:
@@ -447,6 +458,30 @@ class Daemon:
 
     def shutdown(self) -> None:
         self._stop.set()
+
+    # BitTorrent publications (syncer/bt/service.py) ---------------------------------------
+    def _bt(self) -> BtService:
+        if self.bt is None:
+            raise DaemonError("BitTorrent is off or unavailable in this daemon (bt.enabled, bt.listen)")
+        return self.bt
+
+    def bt_status(self) -> dict[str, Any]:
+        return self._bt().status()
+
+    def bt_publications(self) -> list[dict[str, Any]]:
+        return self._bt().publications()
+
+    async def bt_publish(self, info_hash: str) -> dict[str, Any]:
+        return await self._bt().publish(info_hash)
+
+    async def bt_unpublish(self, info_hash: str) -> dict[str, Any]:
+        return await self._bt().unpublish(info_hash)
+
+    async def bt_dht_get_peers(self, info_hash: bytes) -> list[tuple[str, int]]:
+        return await self._bt().dht_get_peers(info_hash)
+
+    async def bt_dht_announce(self, info_hash: bytes, port: int) -> int:
+        return await self._bt().dht_announce(info_hash, port)
 
 
 class LostConnectionWrites(logging.Filter):

@@ -237,6 +237,51 @@ class Handlers:
     async def index(self, _: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_ROOT / "index.html")
 
+    # --- BitTorrent publications (the daemon's seeding service) --------------------------------
+    async def bt_status(self, _: web.Request) -> web.Response:
+        return web.json_response(self.c.daemon.bt_status())
+
+    async def bt_publications(self, _: web.Request) -> web.Response:
+        return web.json_response(self.c.daemon.bt_publications())
+
+    async def bt_publish(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.daemon.bt_publish(_info_hash(await _json_object(r))))
+
+    async def bt_unpublish(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.daemon.bt_unpublish(_info_hash(await _json_object(r))))
+
+    async def bt_dht_get_peers(self, r: web.Request) -> web.Response:
+        ih = bytes.fromhex(_info_hash(await _json_object(r)))
+        return web.json_response({"peers": [list(p) for p in await self.c.daemon.bt_dht_get_peers(ih)]})
+
+    async def bt_dht_announce(self, r: web.Request) -> web.Response:
+        body = await _json_object(r)
+        ih, port = bytes.fromhex(_info_hash(body)), body.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise SyncerError("port must be 1..65535")
+        return web.json_response({"nodes": await self.c.daemon.bt_dht_announce(ih, port)})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise SyncerError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise SyncerError("the request body must be a JSON object")
+    return body
+
+
+def _info_hash(body: dict[str, Any]) -> str:
+    ih = body.get("info_hash")
+    if not isinstance(ih, str) or len(ih) != 40:
+        raise SyncerError("info_hash must be 40 hex digits")
+    try:
+        bytes.fromhex(ih)
+    except ValueError:
+        raise SyncerError("info_hash must be 40 hex digits") from None
+    return ih.lower()
+
 
 def cookie_name(r: web.Request) -> str:
     # cookies are shared by all ports of a host: one name per daemon (port) keeps two daemons on
@@ -290,6 +335,12 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", "/rest/gui/login-url", "login_url", "any"),
     ("POST", "/rest/gui/logout", "logout", "any"),
     ("GET", "/metrics", "metrics", "any"),
+    ("GET", "/rest/bt/status", "bt_status", "any"),
+    ("GET", "/rest/bt/publications", "bt_publications", "any"),
+    ("POST", "/rest/bt/publish", "bt_publish", "any"),
+    ("POST", "/rest/bt/unpublish", "bt_unpublish", "any"),
+    ("POST", "/rest/bt/dht/get_peers", "bt_dht_get_peers", "any"),
+    ("POST", "/rest/bt/dht/announce", "bt_dht_announce", "any"),
 ]
 
 
