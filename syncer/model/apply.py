@@ -171,3 +171,28 @@ def _apply_other(root: Path, glob: FileInfo, local: FileInfo | None, now: float,
         os.symlink(glob.symlink_target, tmp)
         os.replace(tmp, path)
         out.applied.append(with_disk_identity(root, glob))
+
+
+def remove_local(root: Path, rows: list[FileInfo], archive_at: float | None) -> list[str]:
+    """Remove these entries from disk where the disk still holds exactly what their row says
+    (anything changed meanwhile is kept): files archived into the trash can when `archive_at`
+    is given, else deleted; directories only when empty, deepest first. Returns the names
+    removed (or already gone)."""
+    done: list[str] = []
+    for f in sorted(rows, key=lambda r: -r.name.count("/")):
+        path = root / f.name
+        try:
+            if not on_disk_matches(root, f, f.name):
+                if not (path.exists() or path.is_symlink()):
+                    done.append(f.name)
+                continue
+            if f.type == FileType.DIRECTORY:
+                path.rmdir()
+            elif f.type == FileType.FILE and archive_at is not None:
+                safe_write.archive(root, f.name, archive_at)
+            else:
+                path.unlink()
+            done.append(f.name)
+        except OSError:
+            continue  # not empty, or busy: kept, and still in the index
+    return done

@@ -28,13 +28,14 @@ from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
 from syncer.fs import layout
 from syncer.index.db import LOCAL, IndexDB, NeedRow
-from syncer.index.fileinfo import FileInfo
+from syncer.index.fileinfo import LOCAL_CHANGE, FileInfo
 from syncer.model import apply as applying
+from syncer.model import foldertype
 from syncer.model.convert import from_wire, to_wire
-from syncer.model.need import NeedIndex, Policy
+from syncer.model.need import NeedIndex, Policy, basis_of
 from syncer.model.storage import JobFile, Storage, write_block
 from syncer.model.validate import bad_file
-from syncer.model.why import Facts, errno_of, explain
+from syncer.model.why import SKIP_SEND_ONLY, Facts, errno_of, explain
 from syncer.runtime.clock import Clock, sleep_until
 from syncer.runtime.supervisor import Supervisor, TaskFailure
 from syncer.scan.scanner import MassDelete
@@ -232,6 +233,8 @@ class FolderRuntime:
             progress = self.model.events.progress("FolderScanProgress", folder=self.id)
             result = self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete, progress=progress)
             names = [f.name for f in result.changed] + [f.name for f in result.deleted]
+            if names and self.cfg.type == "receive-only":
+                foldertype.mark_local_changes(self.db, self.id, devices, names)
             changes = self.need.recompute(self.db, devices, names, self.policy()) if names else []
             condensed = self._condense(changes, jobs)
             if recomputed:
@@ -390,7 +393,8 @@ class FolderRuntime:
                     rows: list[FileInfo] = await self.run_in_worker(lambda a=after: self.db.files_page(self.id, LOCAL, a, INDEX_PAGE))
                     if not rows and not (full and first):
                         break
-                    for batch in _cut(rows):
+                    # a receive-only folder's local changes stay here
+                    for batch in _cut([r for r in rows if not r.flags & LOCAL_CHANGE]):
                         await session.wait_writable()
                         msg = Index(self.id, batch) if full and first else IndexUpdate(self.id, batch)
                         session.send(msg)
@@ -807,6 +811,91 @@ class FolderRuntime:
         if f.blocks[index] != expected or (index * f.block_size, min(f.block_size, f.size - index * f.block_size)) != (offset, size):
             return None
         return jf
+
+    # --- user operations: folder types, selective sync -------------------------------------------
+    async def override(self, dry_run: bool) -> dict[str, Any]:
+        """Send-only: make this device's state win everywhere (versions that dominate)."""
+        if self.cfg.type != "send-only":
+            raise FolderError(f"folder {self.id} is {self.cfg.type}, not send-only: nothing to override")
+        devices, policy, short = self.sharing(), self.policy(), self.model.short
+
+        def work() -> tuple[dict[str, int], _Changes | None]:
+            plan = foldertype.override_plan(self.db, self.id, devices, short, SKIP_SEND_ONLY)
+            if dry_run or not plan.announce:
+                return plan.counts(), None
+            stored = self.db.update_local(self.id, plan.announce)
+            return plan.counts(), self._condense(self.need.recompute(self.db, devices, [f.name for f in stored], policy), set())
+
+        counts, changes = await self.run_in_worker(work)
+        if changes is not None:
+            self._need_changed(changes)
+            self._index_changed()
+        return {"folder": self.id, "dry_run": dry_run, **counts}
+
+    async def revert(self, dry_run: bool) -> dict[str, Any]:
+        """Receive-only: drop local changes; the other devices' version comes back."""
+        if self.cfg.type != "receive-only":
+            raise FolderError(f"folder {self.id} is {self.cfg.type}, not receive-only: nothing to revert")
+        devices, policy, now = self.sharing(), self.policy(), self.clock.time()
+
+        def work() -> tuple[dict[str, int], _Changes | None]:
+            db = self.db
+            plan = foldertype.revert_plan(db, self.id, devices)
+            if dry_run:
+                return plan.counts(), None
+            db.reset_local_versions(self.id, plan.restore)
+            removed = applying.remove_local(self.root, list(db.get_many(self.id, LOCAL, plan.remove).values()), now)
+            db.forget_local(self.id, removed)
+            changes = self.need.recompute(db, devices, plan.restore + removed, policy)
+            return plan.counts(), self._condense(changes, set())
+
+        counts, changes = await self.run_in_worker(work)
+        if changes is not None:
+            self.storage.forget(set())
+            self._need_changed(changes)
+        return {"folder": self.id, "dry_run": dry_run, **counts}
+
+    async def reselect(self, cfg: FolderConfig, added: list[str], removed: list[str]) -> dict[str, Any]:
+        """Selective sync: `added` paths are fetched from now on; the local copies under
+        `removed` (when in sync: a copy is elsewhere) are freed, never announced as deleted."""
+        self.cfg = cfg
+        devices, policy = self.sharing(), self.policy()
+        raws = [LOCAL, *(d.raw for d in devices)]
+
+        def below(prefix: str) -> list[str]:
+            names: set[str] = set()
+            for raw in raws:
+                after = ""
+                while True:
+                    page = self.db.names_below(self.id, raw, prefix, after, 5000)
+                    names.update(page)
+                    if len(page) < 5000:
+                        break
+                    after = page[-1]
+            return sorted(names)
+
+        def work() -> tuple[int, int, _Changes]:
+            db = self.db
+            freed = kept = 0
+            names: list[str] = []
+            for prefix in added:
+                names += below(prefix)
+            for prefix in removed:
+                under = below(prefix)
+                names += under
+                free, keep = foldertype.freeable(db, self.id, devices, under)
+                gone = applying.remove_local(self.root, free, None)
+                db.forget_local(self.id, gone)
+                freed += len(gone)
+                kept += len(keep) + len(free) - len(gone)
+            changes = self.need.recompute(db, devices, names, policy)
+            db.set_need_basis(self.id, basis_of(devices, policy))
+            return freed, kept, self._condense(changes, set(self.puller.job_names()))
+
+        freed, kept, changes = await self.run_in_worker(work)
+        self.storage.forget(set())
+        self._need_changed(changes)
+        return {"folder": self.id, "selected": list(cfg.selected), "freed": freed, "kept_changed_here": kept}
 
     # --- why not in sync ----------------------------------------------------------------------
     def explain(self, rows: list[NeedRow]) -> list[dict[str, Any]]:
