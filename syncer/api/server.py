@@ -237,6 +237,22 @@ class Handlers:
     async def index(self, _: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_ROOT / "index.html")
 
+    # --- folder types, selective sync, ignore rules ------------------------------------------
+    async def override(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.override(r.match_info["id"], await _json_object(r)))
+
+    async def revert(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.revert(r.match_info["id"], await _json_object(r)))
+
+    async def select(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.select(r.match_info["id"], await _json_object(r), True))
+
+    async def unselect(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.select(r.match_info["id"], await _json_object(r), False))
+
+    async def ignore_test(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.ignore_test(r.match_info["id"], r.query.get("path", "")))
+
     # --- BitTorrent publications (the daemon's seeding service) --------------------------------
     async def bt_status(self, _: web.Request) -> web.Response:
         return web.json_response(self.c.daemon.bt_status())
@@ -315,6 +331,11 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", "/rest/folders/{id}/pause", "pause_folder", "any"),
     ("POST", "/rest/folders/{id}/resume", "resume_folder", "any"),
     ("GET", "/rest/folders/{id}/need", "need", "any"),
+    ("POST", "/rest/folders/{id}/override", "override", "any"),
+    ("POST", "/rest/folders/{id}/revert", "revert", "any"),
+    ("POST", "/rest/folders/{id}/select", "select", "any"),
+    ("POST", "/rest/folders/{id}/unselect", "unselect", "any"),
+    ("GET", "/rest/folders/{id}/ignore", "ignore_test", "any"),
     ("GET", "/rest/folders/{id}/conflicts", "conflicts", "any"),
     ("GET", "/rest/folders/{id}/versions", "versions", "any"),
     ("POST", "/rest/folders/{id}/versions/restore", "restore", "any"),

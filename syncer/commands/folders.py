@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json as jsonlib
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,7 +15,7 @@ from rich.table import Table
 from syncer.api import actions, client
 from syncer.commands import common
 from syncer.deviceid import DeviceId
-from syncer.errors import FolderError
+from syncer.errors import DaemonError, FolderError
 from syncer.ignore import Ignore
 from syncer.index.db import IndexDB
 from syncer.index.version import short_id
@@ -53,25 +55,42 @@ def share(
     id: str = typer.Option("", "--id", help="folder id (to join a folder another device offered)"),
     label: str = typer.Option("", "--label", help="a human-readable name"),
     with_: list[str] = typer.Option([], "--with", help="share only with these devices (repeatable)"),
+    type_: str = typer.Option(None, "--type", help="send-receive (default), send-only or receive-only"),
+    selective: bool = typer.Option(None, "--selective/--no-selective", help="join with metadata only; `syncer select` fetches paths"),
 ) -> None:
     """Share a folder (or join one by id); prints the folder id."""
     p = common.paths()
     devices = [str(DeviceId.parse(d)) for d in with_] or None
     folder_id = id or folderlib.new_folder_id()
     path = path.expanduser().absolute()
-    body = {"path": str(path), "id": folder_id, "label": label, "devices": devices, "join": bool(id)}
+    body = {"path": str(path), "id": folder_id, "label": label, "devices": devices, "join": bool(id), "type": type_, "selective": selective}
     try:
         # a running daemon shares it (and scans it) itself: POST /rest/folders, as the web UI does
-        row = client.call(p, "POST", "/rest/folders", body, timeout=3600)
+        client.call(p, "POST", "/rest/folders", body, timeout=3600)
+        row = _wait_first_scan(p, folder_id)
         root, files, size, errors = Path(row["path"]), row["local_files"], row["local_bytes"], 0
     except client.NotRunning:
         # joining a folder offered by another device creates the empty directory for it
-        cfg = actions.add_folder(p.config_file, path, folder_id, label, devices, joining=bool(id))
+        cfg = actions.add_folder(p.config_file, path, folder_id, label, devices, joining=bool(id), type=type_, selective=selective)
         root = Path(cfg.path)
         files, size, errors = _scan_with_progress(root, folder_id)
         PendingStore(p.state_dir / "pending.json").forget_folder(folder_id)
     Console(stderr=True).print(f"shared {root} as {folder_id}: {files} files, {size} bytes" + (f", {errors} skipped" if errors else ""))
     typer.echo(folder_id)
+
+
+def _wait_first_scan(p: Any, folder_id: str) -> dict[str, Any]:
+    """The daemon scans a new folder in the background: wait (showing that it does) until the
+    first scan is done, so the counts printed are the folder's."""
+    deadline = time.monotonic() + 3600
+    with Console(stderr=True).status(f"the daemon is scanning {folder_id}..."):
+        while True:
+            row = next((f for f in client.call(p, "GET", "/rest/folders") if f["id"] == folder_id), None)
+            if row is not None and (row.get("last_scan") or row.get("state") in ("stopped", "error", "paused")):
+                return row
+            if time.monotonic() > deadline:
+                raise DaemonError(f"the daemon has not finished scanning {folder_id} after an hour; see `syncer status`")
+            time.sleep(0.2)  # polling a running daemon, bounded by the deadline
 
 
 @app.command()

@@ -518,6 +518,38 @@ class IndexDB:
         q += " ORDER BY name LIMIT ? OFFSET ?"
         return [_need_row(r) for r in self.conn.execute(q, (*args, limit, offset))]
 
+    # --- the conflict inbox ---------------------------------------------------------------
+    def record_conflicts(self, folder: str, rows: list[tuple[str, str, int, int, bytes, bytes, float]]) -> None:
+        """(copy, original, loser short id, winner short id, loser version, winner version, when)."""
+        if rows:
+            self._write(lambda c: c.executemany(
+                "INSERT OR REPLACE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(folder, cp, name, _signed(lo), _signed(wi), lv, wv, t) for cp, name, lo, wi, lv, wv, t in rows],
+            ))
+
+    def conflicts(self, folder: str, limit: int) -> list[dict[str, object]]:
+        """Conflict copies present in the local index: those made here (with the devices and
+        versions involved) and those that arrived from other devices (named, not recorded)."""
+        out: dict[str, dict[str, object]] = {}
+        q = ("SELECT c.copy, c.name, c.loser, c.winner, c.created FROM conflicts c JOIN files f ON f.folder=c.folder "
+             "AND f.device=? AND f.name=c.copy AND f.deleted=0 WHERE c.folder=? ORDER BY c.copy LIMIT ?")
+        for cp, name, lo, wi, t in self.conn.execute(q, (LOCAL, folder, limit)):
+            out[cp] = {"copy": cp, "name": name, "loser": _unsigned(lo), "winner": _unsigned(wi), "created": t}
+        q = ("SELECT name, modified_by, mtime_ns FROM files INDEXED BY files_conflicts WHERE folder=? AND device=? AND deleted=0 AND type=0 "
+             "AND instr(name, '.sync-conflict-') > 0 ORDER BY name LIMIT ?")
+        for name, by, mtime in self.conn.execute(q, (folder, LOCAL, limit)):
+            if name not in out:
+                out[name] = {"copy": name, "name": None, "loser": _unsigned(by), "winner": None, "created": mtime / 1e9}
+        return sorted(out.values(), key=lambda r: str(r["copy"]))[:limit]
+
+    def drop_conflicts(self, folder: str, copies: list[str]) -> None:
+        if copies:
+            self._write(lambda c: c.executemany("DELETE FROM conflicts WHERE folder=? AND copy=?", [(folder, x) for x in copies]))
+
+    def count_conflicts(self, folder: str) -> int:
+        q = "SELECT COUNT(*) FROM files INDEXED BY files_conflicts WHERE folder=? AND device=? AND deleted=0 AND type=0 AND instr(name, '.sync-conflict-') > 0"
+        return self.conn.execute(q, (folder, LOCAL)).fetchone()[0]
+
     def need_errors(self, folder: str, limit: int) -> list[tuple[str, str]]:
         q = "SELECT name, error FROM need WHERE folder=? AND error!='' AND skip=0 ORDER BY name LIMIT ?"
         return [(r[0], r[1]) for r in self.conn.execute(q, (folder, limit))]

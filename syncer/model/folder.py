@@ -27,10 +27,11 @@ from syncer.config import FolderConfig
 from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
 from syncer.fs import layout
-from syncer.index.db import LOCAL, IndexDB, NeedRow
+from syncer.index.db import LOCAL, IndexDB, NeedRow, encode_version
 from syncer.index.fileinfo import LOCAL_CHANGE, FileInfo
 from syncer.model import apply as applying
 from syncer.model import foldertype
+from syncer.model.conflicts import original_of
 from syncer.model.convert import from_wire, to_wire
 from syncer.model.need import NeedIndex, Policy, basis_of
 from syncer.model.storage import JobFile, Storage, write_block
@@ -665,6 +666,15 @@ class FolderRuntime:
             finished = [(s.file, locals_.get(s.file.name), s.conflict, self._loser_short(locals_.get(s.file.name))) for s in batch.finished]
             others = [(w.file, locals_.get(w.name)) for w in batch.others]
             outcome = applying.apply_batch(self.root, finished, others, now)
+            if outcome.conflicts:
+                winners = {s.file.name: s.file for s in batch.finished}
+                record = []
+                for copy in outcome.conflicts:
+                    original = original_of(copy)
+                    loser, winner = locals_.get(original), winners.get(original)
+                    if loser is not None and winner is not None:
+                        record.append((copy, original, loser.modified_by, winner.modified_by, encode_version(loser.version), encode_version(winner.version), now))
+                db.record_conflicts(self.id, record)
             stored = db.update_local(self.id, outcome.applied) if outcome.applied else []
             changes = self.need.recompute(db, devices, names, policy)
             return outcome, stored, self._condense(changes, jobs)
@@ -957,6 +967,7 @@ class FolderRuntime:
         db = self.db
         need_files, need_bytes = db.totals(self.id, "need")
         local_files, local_bytes = db.totals(self.id, "local")
+        skipped_files, skipped_bytes = db.totals(self.id, "skipped")
         error_count = db.count_need_errors(self.id)
         glob_bytes = local_bytes + need_bytes
         completion = 100.0 if glob_bytes == 0 else 100.0 * (glob_bytes - need_bytes) / glob_bytes
@@ -977,6 +988,14 @@ class FolderRuntime:
             "need_bytes": need_bytes,
             "local_files": local_files,
             "local_bytes": local_bytes,
+            "type": self.cfg.type,
+            "selective": self.cfg.selective,
+            "selected": list(self.cfg.selected) if self.cfg.selective else None,
+            "skipped_files": skipped_files,  # known elsewhere, deliberately not here (why: `syncer why`)
+            "skipped_bytes": skipped_bytes,
+            "global_bytes": glob_bytes + skipped_bytes,
+            "local_changes": db.count_flagged(self.id, LOCAL_CHANGE) if self.cfg.type == "receive-only" else 0,
+            "conflicts": db.count_conflicts(self.id),
             "file_error_count": error_count,
             "file_errors": [{"name": n, "error": e} for n, e in db.need_errors(self.id, FILE_ERRORS_SHOWN)] if error_count else [],
             "last_scan": self.last_scan,
