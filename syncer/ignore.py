@@ -1,14 +1,21 @@
 """What a folder does not sync: `.syncerignore` (gitignore syntax, via pathspec), plus fixed
-rules for syncer's own files and OS junk."""
+rules for syncer's own files and OS junk. The root `.syncerignore` itself is local to each
+device, like Syncthing's `.stignore`: never announced (and refused from peers, see
+model/validate.py), so a peer cannot make a device stop announcing its own changes."""
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from pathlib import Path
 
 import pathspec
 
-from syncer.fs.layout import IGNORE_FILE, is_internal, is_temp_name
+from syncer.fs.confined import FolderFS
+from syncer.fs.layout import IGNORE_FILE, is_internal, is_local_only, is_temp_name
+
+MAX_IGNORE_BYTES = 1 << 20
+log = logging.getLogger(__name__)
 
 # pathspec >= 1.0 calls git's exact semantics "gitignore" and deprecates "gitwildmatch"
 _STYLE = "gitignore" if "gitignore" in pathspec.util._registered_patterns else "gitwildmatch"
@@ -31,15 +38,24 @@ class Ignore:
         self.spec = pathspec.PathSpec.from_lines(_STYLE, self.patterns) if self.patterns else None
 
     @classmethod
-    def load(cls, root: Path) -> Ignore:
+    def load(cls, root: Path | FolderFS) -> Ignore:
+        """The root `.syncerignore`, read through the confined layer: a regular file only (not a
+        symlink, FIFO or directory), at most MAX_IGNORE_BYTES."""
+        fs = root if isinstance(root, FolderFS) else FolderFS(root)
         try:
-            text = (root / IGNORE_FILE).read_text(encoding="utf-8", errors="replace")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+            text = fs.read_bytes(IGNORE_FILE, MAX_IGNORE_BYTES).decode("utf-8", errors="replace")
+        except FileNotFoundError:
             return cls()
+        except OSError as e:
+            log.warning("%s: cannot read %s: %s (no ignore patterns)", fs.root, IGNORE_FILE, e.strerror or e)
+            return cls()
+        finally:
+            if fs is not root:
+                fs.close()
         return cls(text.splitlines())
 
     def ignored(self, name: str, is_dir: bool = False) -> bool:
-        if always_ignored(name):
+        if always_ignored(name) or is_local_only(name):
             return True
         if self.spec is None:
             return False

@@ -28,10 +28,13 @@ from syncer.config import FolderConfig
 from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
 from syncer.fs import layout
+from syncer.fs.confined import FolderFS
+from syncer.fs.serving import ServingFiles
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.model import apply as applying
 from syncer.model import safe_write
 from syncer.model.convert import from_wire, to_wire
+from syncer.model.file_errors import APPLY, SCAN, FileErrors
 from syncer.model.globalstate import Need, global_version, need
 from syncer.model.validate import bad_file
 from syncer.scan.scanner import MassDelete
@@ -63,6 +66,9 @@ FINISH_BATCH = 500
 RETRY_DELAY = 5.0
 SERVING_FDS = 64
 TEMP_KEEP_S = 24 * 3600  # an unneeded download temp file is removed after this long untouched
+HOUSEKEEPING_S = 5.0  # idle fds closed, stale per-file errors forgotten, trash can swept
+PRUNE_INTERVAL_S = 24 * 3600.0  # the whole trash can is swept daily...
+PRUNE_RESUME_S = 60.0  # ...in runs of bounded work, the next one this soon if there is more
 
 
 @dataclass
@@ -128,6 +134,7 @@ class FolderRuntime:
     state: str = "starting"
     error: str = ""
     confirm_mass_delete: bool = False
+    file_errors: FileErrors = field(default_factory=FileErrors)  # per file, shown in status
 
     def __post_init__(self) -> None:
         self.id = self.cfg.id
@@ -139,7 +146,8 @@ class FolderRuntime:
         self.tasks: list[asyncio.Task[Any]] = []
         self.scanner: Any = None
         self.watcher: Any = None
-        self._serving: dict[str, int] = {}  # name -> open fd, least recently used first
+        self.fs = FolderFS(self.root)  # every filesystem access of this folder goes through it
+        self._serving = ServingFiles(SERVING_FDS)  # name -> open fd for serving blocks
         self._need_order: list[str] | None = None  # names in `needed`, in pulling order
 
     # --- worker thread ---------------------------------------------------------
@@ -151,7 +159,10 @@ class FolderRuntime:
         return self.model.db_for_thread()
 
     def marker_ok(self) -> bool:
-        return (self.root / layout.MARKER).is_dir()
+        try:
+            return self.fs.refresh_root() and self.fs.is_dir(layout.MARKER)
+        except OSError:
+            return False
 
     # --- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -166,7 +177,7 @@ class FolderRuntime:
                 rows = {f.name: f for f in db.all_files(self.id, dev.raw)}
                 if rows:
                     self.remote[dev] = rows
-            self.scanner = Scanner(self.root, self.id, db, self.model.short, Ignore.load(self.root))
+            self.scanner = Scanner(self.root, self.id, db, self.model.short, Ignore.load(self.fs), fs=self.fs)
 
         await self.run_in_worker(load)
         self.recompute(None)
@@ -177,6 +188,7 @@ class FolderRuntime:
         if self.model.config.get("watch.enabled"):
             self.tasks.append(asyncio.ensure_future(self._watch_loop()))
         self.tasks.append(asyncio.ensure_future(self._rescan_loop()))
+        self.tasks.append(asyncio.ensure_future(self._housekeeping_loop()))
 
     async def stop(self) -> None:
         for t in self.tasks:
@@ -188,11 +200,9 @@ class FolderRuntime:
         for job in self.jobs.values():
             job.release_fd()
         self.jobs.clear()
-        for fd in self._serving.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._serving.clear()
+        self._serving.close_all()
         self.worker.shutdown(wait=True, cancel_futures=True)
+        self.fs.close()
 
     # --- scanning ----------------------------------------------------------------
     async def scan(self, paths: set[str] | None) -> dict[str, Any]:
@@ -204,7 +214,7 @@ class FolderRuntime:
             from syncer.ignore import Ignore
 
             if paths is None or layout.IGNORE_FILE in paths:
-                self.scanner.ignore = Ignore.load(self.root)
+                self.scanner.ignore = Ignore.load(self.fs)
             return self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete)
 
         prev = self.state
@@ -228,6 +238,8 @@ class FolderRuntime:
         changed = list(result.changed) + list(result.deleted)
         for f in changed:
             self.local[f.name] = f
+        self._serving.drop(f.name for f in changed)  # never pin a changed or deleted file
+        self._note_scan_errors(result.errors, changed, full=paths is None)
         for name, msg in result.errors:
             log.warning("folder %s: cannot scan %s: %s", self.id, name, msg)
         if result.temp_files:
@@ -245,12 +257,20 @@ class FolderRuntime:
             if now - mtime < TEMP_KEEP_S or name in self.needed or name in self.jobs or name in self.applying:
                 continue
             try:
-                os.unlink(self.root / tmp)
+                self.fs.unlink(tmp)
                 log.info("folder %s: removed stale temp file %s", self.id, tmp)
             except FileNotFoundError:
                 pass
             except OSError as e:
                 log.warning("folder %s: cannot remove stale temp file %s: %s", self.id, tmp, e.strerror or e)
+
+    def _note_scan_errors(self, errors: list[tuple[str, str]], changed: list[FileInfo], full: bool) -> None:
+        """Scan errors per file in status: a full scan replaces them, a scoped one adds."""
+        if full:
+            self.file_errors.retain(lambda _name, source: source != SCAN)
+        self.file_errors.clear(f.name for f in changed)
+        for name, msg in errors:
+            self.file_errors.set(name, msg, SCAN)
 
     def _stopped(self) -> None:
         self.state = "stopped"
@@ -407,7 +427,7 @@ class FolderRuntime:
         job.release_fd()
         if drop_temp:
             with contextlib.suppress(OSError):
-                os.unlink(self.root / layout.temp_name(name))
+                self.fs.unlink(layout.temp_name(name))
 
     def _refresh_sources(self, dev: DeviceId, names: set[str] | None = None) -> None:
         rows = self.remote.get(dev, {})
@@ -535,18 +555,20 @@ class FolderRuntime:
         out = []
         known = self.db.known_hashes(self.id, (h for glob, _ in items for h in glob.blocks))
         for glob, n in items:
-            tmp = self.root / layout.temp_name(glob.name)
+            tmp = layout.temp_name(glob.name)
             # the temp file gets the final permissions now (kept owner-writable so a resume can
             # reopen it), which spares most files a chmod when they are applied
             mode = safe_write.temp_mode(glob.permissions)
             try:
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT, mode)
-                st = os.fstat(fd)
+                applying.check_syncable(glob.name)
+                # through the confined layer: parents made without following a symlink, and a
+                # parent that is a symlink or a file refuses this one file
+                fd, st = self.fs.open_temp(tmp, mode)
                 if st.st_mode & 0o7777 != mode:  # umask, or an older temp file
                     os.fchmod(fd, mode)
             except OSError as e:
-                log.warning("folder %s: cannot create %s: %s", self.id, tmp, e)
+                if self.file_errors.set(glob.name, applying.reason(e), APPLY):
+                    log.warning("folder %s: cannot create the temp file of %s: %s", self.id, glob.name, applying.reason(e))
                 self.retry_at[glob.name] = time.monotonic() + RETRY_DELAY
                 continue
             have: set[int] = set()
@@ -576,8 +598,11 @@ class FolderRuntime:
         if bsize != size:
             return None
         try:
-            with open(self.root / name, "rb") as f:
-                data = os.pread(f.fileno(), size, offset)
+            fd, _ = self.fs.open_read(name)
+            try:
+                data = os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
         except OSError:
             return None
         return data if hashlib.sha256(data).digest() == h else None
@@ -690,19 +715,23 @@ class FolderRuntime:
 
     async def _apply(self, finished: list[Any], others: list[Any]) -> None:
         now = time.time()
+        versions = self._versions_policy()
 
         def work() -> tuple[applying.Outcome, list[FileInfo]]:
-            outcome = applying.apply_batch(self.root, finished, others, now)
+            outcome = applying.apply_batch(self.fs, finished, others, now, versions)
             stored = self.db.update_local(self.id, outcome.applied) if outcome.applied else []
             return outcome, stored
 
         outcome, stored = await self.run_in_worker(work)
         for f in stored:
             self.local[f.name] = f
+        self._serving.drop([g.name for g, *_ in finished] + [g.name for g, _ in others] + outcome.conflicts)
+        self.file_errors.clear(f.name for f in stored)
         for name in outcome.retry:
             self.retry_at[name] = time.monotonic() + RETRY_DELAY
         for name, err in outcome.errors:
-            log.warning("folder %s: cannot apply %s: %s", self.id, name, err)
+            if self.file_errors.set(name, err, APPLY):  # logged once, shown in status meanwhile
+                log.warning("folder %s: cannot apply %s: %s", self.id, name, err)
             self.retry_at[name] = time.monotonic() + RETRY_DELAY
         if outcome.retry or outcome.errors:
             asyncio.get_running_loop().call_later(RETRY_DELAY + 0.1, self.wake.set)
@@ -711,6 +740,31 @@ class FolderRuntime:
             await self.scan(set(outcome.conflicts))
         if stored:
             await self.push_updates()
+
+    def _versions_policy(self) -> safe_write.Versions:
+        cfg = self.model.config
+        return safe_write.Versions(cfg.get("versions.keep"), cfg.get("versions.max_age_days") * 86400.0)
+
+    async def _housekeeping_loop(self) -> None:
+        """Closes serving fds and directory fds nobody used lately (disk space of deleted files
+        comes back, a disk can be unmounted), forgets per-file errors of names no longer
+        needed, and sweeps the trash can: at the first tick, then daily, in bounded runs."""
+        next_prune, cursor = 0.0, None
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            now = time.monotonic()
+            try:
+                self._serving.close_idle(now)
+                self.file_errors.retain(lambda name, source: source != APPLY or name in self.needed)
+                if now >= next_prune:
+                    policy = self._versions_policy()
+                    removed, cursor = await self.run_in_worker(safe_write.prune_tree, self.fs, policy, time.time(), cursor)
+                    if removed:
+                        log.info("folder %s: removed %d old versions from the trash can", self.id, removed)
+                    next_prune = now + (PRUNE_INTERVAL_S if cursor is None else PRUNE_RESUME_S)
+                await self.run_in_worker(self.fs.release_idle, time.monotonic())
+            except Exception:
+                log.exception("folder %s: housekeeping failed", self.id)
 
     async def _timer_loop(self) -> None:
         while True:
@@ -748,22 +802,21 @@ class FolderRuntime:
     def _open_for_serving(self, f: FileInfo) -> int | None:
         """A cached read-only fd of the file, if the file on disk is still the version `f`
         (opening per block would cost syscalls and a watcher event each time)."""
-        fd = self._serving.pop(f.name, None)
+        fd = self._serving.take(f.name)
         if fd is not None and not _is_version(fd, f):
             os.close(fd)  # replaced since we opened it
             fd = None
         if fd is None:
             try:
-                fd = os.open(self.root / f.name, os.O_RDONLY)
+                # through the confined layer: a file behind a symlinked parent is never served
+                fd, st = self.fs.open_read(f.name)
             except OSError:
                 return None
-            if not _is_version(fd, f):
+            if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
                 os.close(fd)
                 asyncio.ensure_future(self.scan({f.name}))  # changed since the last scan
                 return None
-        self._serving[f.name] = fd
-        while len(self._serving) > SERVING_FDS:
-            os.close(self._serving.pop(next(iter(self._serving))))
+        self._serving.put(f.name, fd, time.monotonic())
         return fd
 
     # --- status -----------------------------------------------------------------------
@@ -790,6 +843,8 @@ class FolderRuntime:
             "local_files": local_files,
             "local_bytes": local_bytes,
             "peers": {str(dev): dict(vars(st)) for dev, st in self.stats.items()},
+            # files refused or failing on their own while the folder keeps syncing (bounded)
+            "file_errors": self.file_errors.as_list(lambda name, source: source != APPLY or name in self.needed),
         }
 
 
