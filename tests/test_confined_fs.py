@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -267,15 +268,19 @@ def test_scanner_walk_is_iterative_and_reports_too_deep_paths(tmp_path):
     root = tmp_path / "root"
     (root / ".syncer").mkdir(parents=True)
     (root / "ok").write_text("fine")
-    _deep(root, 1100)
-    s = Scanner(root, "fid", IndexDB(tmp_path / "i.db"), 7)
-    r = s.scan()
-    names = {f.name for f in r.changed}
-    assert "ok" in names and "/".join(["d"] * MAX_DEPTH) in names
-    assert max(n.count("/") + 1 for n in names) == MAX_DEPTH
-    assert len(r.errors) == 1 and "deeper than 255" in r.errors[0][1]
-    assert r.errors[0][0] == "/".join(["d"] * MAX_DEPTH)
-    s.fs.close()
+    try:
+        _deep(root, 1100)
+        s = Scanner(root, "fid", IndexDB(tmp_path / "i.db"), 7)
+        r = s.scan()
+        names = {f.name for f in r.changed}
+        assert "ok" in names and "/".join(["d"] * MAX_DEPTH) in names
+        assert max(n.count("/") + 1 for n in names) == MAX_DEPTH
+        assert len(r.errors) == 1 and "deeper than 255" in r.errors[0][1]
+        assert r.errors[0][0] == "/".join(["d"] * MAX_DEPTH)
+        s.fs.close()
+    finally:
+        # pytest's own (recursive) clean-up of old temp dirs would hit the RecursionError
+        subprocess.run(["rm", "-rf", str(root / "d")], check=True)
 
 
 def test_scanner_records_a_directory_replaced_by_a_symlink(tmp_path):
