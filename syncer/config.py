@@ -428,7 +428,8 @@ def save_config(cfg: Config) -> None:
     cfg.check()
     cfg.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = cfg.path.with_name(f".{cfg.path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private, like the key
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(tomlkit.dumps(cfg.doc))
         f.flush()
         os.fsync(f.fileno())

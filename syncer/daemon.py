@@ -27,6 +27,7 @@ from syncer.nat.attempts import execute
 from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
 from syncer.nat.rendezvous import PunchResponder
 from syncer.net.backoff import Backoff
+from syncer.net.fdlimit import raise_open_files_limit
 from syncer.net.quic import QuicTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
@@ -110,6 +111,10 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
+        # the model first: from the moment a listener accepts, every session has its handler
+        # (folders finish starting, scans included, in the background)
+        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
+        await self.model.start()
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
             transport = self.transports.get(scheme)
@@ -130,8 +135,6 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
-        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
-        await self.model.start()
         self._spawn(self._dial_loop())
 
     def _listen_port(self) -> int:
@@ -167,7 +170,7 @@ class Daemon:
         coordinated by its rendezvous; retries with backoff while the relay is unreachable."""
         backoff = Backoff()
         while True:
-            relay = RelayTransport(self.identity, url)
+            relay = RelayTransport(self.identity, url, accept=lambda d: self.config.device(d) is not None)
             try:
                 await relay.register(lambda s: self._handle_stream(s, None, "relayed"))
             except (TransportError, OSError) as e:
@@ -211,6 +214,7 @@ class Daemon:
         if self.api:
             await self.api.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.pending_store.flush()
         log.info("stopped")
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -240,7 +244,9 @@ class Daemon:
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
             stream.abort()
             return
-        session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None)
+        stream.peer_accepted()  # a paired device: out of the transport's pre-auth budget
+        recv_limit = self.model.recv_bucket if self.model is not None else None
+        session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None, recv_limit=recv_limit)
         try:
             await asyncio.wait_for(session.handshake(), HELLO_TIMEOUT)
         except (TimeoutError, SessionClosed, ConnectionError, OSError) as e:
@@ -262,7 +268,7 @@ class Daemon:
         log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, info.label, stream.remote_address)
         if self.model is not None:
             session.handler = self.model
-            await self.model.on_connected(session)
+            self.model.on_connected(session)
         try:
             await session.run()
         finally:
@@ -444,6 +450,7 @@ def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = 
     # busy worker can still hold up the event loop by at most 20 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     tune_malloc()  # blocks from the heap, not an mmap each (see memtune)
+    raise_open_files_limit()  # a descriptor per connection, watch and open file
     logging.basicConfig(
         level=os.environ.get("SYNCER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -22,7 +22,6 @@ from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
 from syncer.model import safe_write
 from syncer.model.apply import apply_batch
-from syncer.model.file_errors import FileErrors
 from syncer.scan import Scanner
 
 
@@ -413,14 +412,3 @@ def test_serving_files_drop_touched_and_idle_fds(tmp_path):
     assert len(s) == 2 and "x0" not in s
     s.close_all()
     assert len(s) == 0
-
-
-def test_file_errors_are_bounded_and_deduplicated():
-    e = FileErrors(cap=3)
-    assert e.set("a", "boom") and not e.set("a", "boom") and e.set("a", "other")
-    for n in "bcd":
-        e.set(n, "x")
-    assert [x["name"] for x in e.as_list()] == ["b", "c", "d"]
-    e.clear(["c"])
-    e.retain(lambda name, source: name != "d")
-    assert e.as_list() == [{"name": "b", "error": "x", "source": "apply"}]
