@@ -12,7 +12,7 @@ from pathlib import Path
 import pathspec
 
 from syncer.fs.confined import FolderFS
-from syncer.fs.layout import IGNORE_FILE, is_internal, is_local_only, is_temp_name
+from syncer.fs.layout import IGNORE_FILE, TEMP_PREFIX, TEMP_SUFFIX, is_internal, is_local_only
 
 MAX_IGNORE_BYTES = 1 << 20
 log = logging.getLogger(__name__)
@@ -22,12 +22,14 @@ _STYLE = "gitignore" if "gitignore" in pathspec.util._registered_patterns else "
 JUNK = {".DS_Store", "Thumbs.db", "desktop.ini", ".Spotlight-V100", ".Trashes", "$RECYCLE.BIN"}
 
 
-def always_ignored(name: str) -> bool:
-    """syncer's own marker dir and temp files, and OS junk; `name` is '/'-separated."""
+def always_ignored(name: str, base: str | None = None) -> bool:
+    """syncer's own marker dir and temp files, and OS junk; `name` is '/'-separated, `base` its
+    last component if the caller has it (the scanner, once per entry)."""
     if is_internal(name):
         return True
-    base = posixpath.basename(name)
-    if is_temp_name(base):
+    if base is None:
+        base = posixpath.basename(name)
+    if base.startswith(TEMP_PREFIX) and base.endswith(TEMP_SUFFIX):
         return True
     return base in JUNK or base.startswith("._")
 
@@ -54,8 +56,8 @@ class Ignore:
                 fs.close()
         return cls(text.splitlines())
 
-    def ignored(self, name: str, is_dir: bool = False) -> bool:
-        if always_ignored(name) or is_local_only(name):
+    def ignored(self, name: str, is_dir: bool = False, base: str | None = None) -> bool:
+        if always_ignored(name, base) or is_local_only(name):
             return True
         if self.spec is None:
             return False

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from syncer.errors import FolderError
 from syncer.fs.confined import FolderFS, UnsafePath
-from syncer.fs.layout import MARKER, MAX_DEPTH, is_temp_name
+from syncer.fs.layout import MARKER, MAX_DEPTH, TEMP_PREFIX, TEMP_SUFFIX
 from syncer.ignore import Ignore
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import FileInfo, FileType
@@ -164,6 +164,7 @@ class Scanner:
         except OSError as e:
             errors.append((top or ".", e.strerror or str(e)))
             return
+        ignored = self.ignore.ignored
         for listing in walker:
             rel = listing.rel
             if listing.error is not None:
@@ -182,10 +183,10 @@ class Scanner:
                 nfc = unicodedata.normalize("NFC", path)
                 mode = st.st_mode
                 is_dir = stat.S_ISDIR(mode)
-                if not is_dir and stat.S_ISREG(mode) and is_temp_name(base):
+                if not is_dir and stat.S_ISREG(mode) and base.startswith(TEMP_PREFIX) and base.endswith(TEMP_SUFFIX):
                     result.temp_files.append((nfc, st.st_mtime))
                     continue
-                if self.ignore.ignored(nfc, is_dir):
+                if ignored(nfc, is_dir, base if nfc is path else None):
                     continue
                 if is_dir:
                     out.append(_Entry(nfc, path, st, FileType.DIRECTORY))
