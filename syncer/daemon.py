@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from syncer import __version__
-from syncer.api.server import ApiServer, load_or_create_token
+from syncer import events as ev
+from syncer.api.control import DaemonControl
+from syncer.api.server import ApiServer, check_listen, load_or_create_token
+from syncer.bt.service import BtService
 from syncer.config import Config, load_config
 from syncer.deviceid import DeviceId
 from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
+from syncer.events import EventLog
 from syncer.identity import load_or_create
 from syncer.memtune import tune_malloc
 from syncer.model.sync import SyncModel
@@ -93,6 +97,10 @@ class Daemon:
         self.api: ApiServer | None = None
         self.model: SyncModel | None = None
         self.discovery: DiscoveryService | None = None
+        self.events = EventLog()
+        self.control = DaemonControl(self, self.events)
+        self.last_seen: dict[str, float] = {}  # device id -> wall time its last connection ended
+        self.bt: BtService | None = None
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -111,9 +119,13 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
+        api_host, _, api_port = (self._api_override or self.config.get("api.address")).rpartition(":")
+        check_listen(api_host, self.config.get("api.password"))
+        self.events.emit(ev.STARTING, device_id=str(self.device_id))
         # the model first: from the moment a listener accepts, every session has its handler
         # (folders finish starting, scans included, in the background)
-        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
+        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store, events=self.events)
+        self.control.start()
         await self.model.start()
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
@@ -125,9 +137,8 @@ class Daemon:
             self.listeners.append(listener)
             log.info("listening on %s", listener.url)
         token = load_or_create_token(self.paths.api_token_file)
-        self.api = ApiServer(self, token)
-        host, _, port = (self._api_override or self.config.get("api.address")).rpartition(":")
-        address = await self.api.start(host, int(port))
+        self.api = ApiServer(self.control, token)
+        address = await self.api.start(api_host, int(api_port), self.config.get("api.password"))
         tmp = self.paths.api_address_file.with_suffix(".tmp")
         tmp.write_text(address)
         os.replace(tmp, self.paths.api_address_file)
@@ -135,6 +146,13 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
+        if self.config.get("bt.enabled"):
+            self.bt = BtService(self.paths.state_dir, self.config.get("bt.listen"), lambda: self.discovery.dht if self.discovery else None)
+            try:
+                await self.bt.start()
+            except (OSError, SyncerError) as e:
+                log.warning("BitTorrent unavailable: %s", e)
+                self.bt = None
         self._spawn(self._dial_loop())
 
     def _listen_port(self) -> int:
@@ -195,6 +213,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.paths.api_address_file.unlink()
+        if self.bt is not None:
+            await self.bt.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         for responder in self.responders:
@@ -213,6 +233,7 @@ class Daemon:
             await self.model.stop()
         if self.api:
             await self.api.stop()
+        await self.control.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pending_store.flush()
         log.info("stopped")
@@ -244,6 +265,10 @@ class Daemon:
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
             stream.abort()
             return
+        if dev.paused:
+            log.info("connection from paused device %s refused", peer.short)
+            stream.abort()
+            return
         stream.peer_accepted()  # a paired device: out of the transport's pre-auth budget
         recv_limit = self.model.recv_bucket if self.model is not None else None
         session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None, recv_limit=recv_limit)
@@ -266,6 +291,7 @@ class Daemon:
         self.backoff.setdefault(peer, Backoff()).succeeded()
         self.upgrades.setdefault(peer, UpgradePolicy()).connected(Route[route.upper()], time.monotonic())
         log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, info.label, stream.remote_address)
+        self.events.emit(ev.DEVICE_CONNECTED, device=str(peer), name=session.remote_name, transport=info.label, route=route, address=stream.remote_address)
         if self.model is not None:
             session.handler = self.model
             self.model.on_connected(session)
@@ -278,6 +304,8 @@ class Daemon:
                 del self.sessions[peer]
                 self.upgrades.setdefault(peer, UpgradePolicy()).disconnected()
                 log.info("disconnected from %s: %s", peer.short, session.close_reason)
+                self.last_seen[str(peer)] = time.time()
+                self.events.emit(ev.DEVICE_DISCONNECTED, device=str(peer), reason=session.close_reason)
                 self._wake_dialer.set()
 
     # dialer ------------------------------------------------------------------
@@ -302,7 +330,7 @@ class Daemon:
                 self.discovery.set_wanted([d.device_id for d in self.config.devices if d.device_id not in self.sessions])
             for dev in self.config.devices:
                 device = dev.device_id
-                if device in self.dialing:
+                if device in self.dialing or dev.paused:
                     continue
                 if device in self.sessions:
                     # connected over a punched or relayed route: now and then try better ones
@@ -402,12 +430,12 @@ class Daemon:
             log.error("config not reloaded: %s", e)
             raise
         self.config = cfg
-        paired = {d.device_id for d in cfg.devices}
-        for device in paired:
-            self.pending_store.forget_device(str(device))
+        for d in cfg.devices:
+            self.pending_store.forget_device(d.id)
+        paired = {d.device_id for d in cfg.devices if not d.paused}
         for device, session in list(self.sessions.items()):
             if device not in paired:
-                await session.close("unpaired")
+                await session.close("unpaired" if cfg.device(device) is None else "paused")
         if self.model is not None:
             await self.model.reload(cfg)
         if self.discovery is not None:
@@ -430,6 +458,30 @@ class Daemon:
 
     def shutdown(self) -> None:
         self._stop.set()
+
+    # BitTorrent publications (syncer/bt/service.py) ---------------------------------------
+    def _bt(self) -> BtService:
+        if self.bt is None:
+            raise DaemonError("BitTorrent is off or unavailable in this daemon (bt.enabled, bt.listen)")
+        return self.bt
+
+    def bt_status(self) -> dict[str, Any]:
+        return self._bt().status()
+
+    def bt_publications(self) -> list[dict[str, Any]]:
+        return self._bt().publications()
+
+    async def bt_publish(self, info_hash: str) -> dict[str, Any]:
+        return await self._bt().publish(info_hash)
+
+    async def bt_unpublish(self, info_hash: str) -> dict[str, Any]:
+        return await self._bt().unpublish(info_hash)
+
+    async def bt_dht_get_peers(self, info_hash: bytes) -> list[tuple[str, int]]:
+        return await self._bt().dht_get_peers(info_hash)
+
+    async def bt_dht_announce(self, info_hash: bytes, port: int) -> int:
+        return await self._bt().dht_announce(info_hash, port)
 
 
 class LostConnectionWrites(logging.Filter):

@@ -25,7 +25,7 @@ LOCAL = b"\x00" * 32
 HASH_LEN = 32
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(list[tuple[int, int]])
-_COLUMNS = "name, type, size, mtime_ns, permissions, block_size, blocks, symlink_target, version, sequence, deleted, modified_by, inode, dev"
+_COLUMNS = "name, type, size, mtime_ns, permissions, block_size, blocks, symlink_target, version, sequence, deleted, modified_by, inode, dev, flags"
 
 
 class IndexError_(SyncerError):
@@ -72,6 +72,7 @@ def _row(r: tuple) -> FileInfo:
         modified_by=_unsigned(r[11]),
         inode=r[12],
         dev=r[13],
+        flags=r[14],
     )
 
 
@@ -93,6 +94,7 @@ def _params(folder: str, device: bytes, f: FileInfo) -> tuple:
         _signed(f.modified_by),
         f.inode,
         f.dev,
+        f.flags,
     )
 
 
@@ -163,6 +165,16 @@ class IndexDB:
     def add_folder(self, folder: str, path: str) -> None:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO folders VALUES (?, ?)", (folder, path)))
 
+    def remove_folder(self, folder: str) -> None:
+        """Forget everything about a folder that is no longer shared (its files stay on disk)."""
+
+        def work(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM folders WHERE id = ?", (folder,))
+            for table in ("indexes", "files", "blocks", "need", "need_basis", "counts", "conflicts"):
+                c.execute(f"DELETE FROM {table} WHERE folder = ?", (folder,))
+
+        self._write(work)
+
     def folders(self) -> list[tuple[str, str]]:
         return list(self.conn.execute("SELECT id, path FROM folders ORDER BY id"))
 
@@ -222,7 +234,7 @@ class IndexDB:
                 seq += 1
                 out.append(msgspec.structs.replace(f, sequence=seq))
             before = self._live_totals(c, folder, LOCAL, [f.name for f in out])
-            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 16)})", [_params(folder, LOCAL, f) for f in out])
+            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 17)})", [_params(folder, LOCAL, f) for f in out])
             c.executemany("DELETE FROM blocks WHERE folder=? AND name=?", [(folder, f.name) for f in out])
             c.executemany(
                 "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?)",
@@ -255,7 +267,7 @@ class IndexDB:
             return
 
         def work(c: sqlite3.Connection) -> None:
-            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 16)})", [_params(folder, device, f) for f in files])
+            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 17)})", [_params(folder, device, f) for f in files])
             top = max(f.sequence for f in files)
             c.execute(
                 "INSERT INTO indexes (folder, device, index_id, max_sequence) VALUES (?, ?, 0, ?) "
@@ -377,19 +389,35 @@ class IndexDB:
 
         def work(c: sqlite3.Connection) -> None:
             names = [n.name for n in upserts] + deletes
-            old = {}
+            old: dict[str, tuple[int, int]] = {}  # name -> (size, skip)
             for i in range(0, len(names), 500):
                 part = names[i : i + 500]
-                for r in c.execute(f"SELECT name, size FROM need WHERE folder=? AND name IN ({','.join('?' * len(part))})", (folder, *part)):
-                    old[r[0]] = r[1]
+                for r in c.execute(f"SELECT name, size, skip FROM need WHERE folder=? AND name IN ({','.join('?' * len(part))})", (folder, *part)):
+                    old[r[0]] = (r[1], r[2])
             c.executemany(
-                f"INSERT OR REPLACE INTO need (folder, {_NEED_COLUMNS}) VALUES (?{',?' * 10})",
-                [(folder, n.name, n.kind, n.size, int(n.conflict), n.source, b"".join(n.holders), n.version, n.error, n.failures, n.retry_at) for n in upserts],
+                f"INSERT OR REPLACE INTO need (folder, {_NEED_COLUMNS}) VALUES (?{',?' * 11})",
+                [(folder, n.name, n.kind, n.size, int(n.conflict), n.source, b"".join(n.holders), n.version, n.error, n.failures, n.retry_at, n.skip) for n in upserts],
             )
             c.executemany("DELETE FROM need WHERE folder=? AND name=?", [(folder, name) for name in deletes])
-            dn = sum(1 for n in upserts if n.name not in old) - sum(1 for name in deletes if name in old)
-            db = sum(n.size for n in upserts) - sum(old.get(n.name, 0) for n in upserts) - sum(old.get(name, 0) for name in deletes)
-            _add_count(c, folder, "need", dn, db)
+            # totals: 'need' counts what is to be fetched, 'skipped' what deliberately is not
+            delta = {"need": [0, 0], "skipped": [0, 0]}
+            for n in upserts:
+                if n.name in old:
+                    size, skip = old[n.name]
+                    d = delta["skipped" if skip else "need"]
+                    d[0] -= 1
+                    d[1] -= size
+                d = delta["skipped" if n.skip else "need"]
+                d[0] += 1
+                d[1] += n.size
+            for name in deletes:
+                if name in old:
+                    size, skip = old[name]
+                    d = delta["skipped" if skip else "need"]
+                    d[0] -= 1
+                    d[1] -= size
+            for what, (dn, dbytes) in delta.items():
+                _add_count(c, folder, what, dn, dbytes)
 
         self._write(work)
 
@@ -403,7 +431,7 @@ class IndexDB:
     def clear_need(self, folder: str) -> None:
         def work(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM need WHERE folder=?", (folder,))
-            c.execute("DELETE FROM counts WHERE folder=? AND what='need'", (folder,))
+            c.execute("DELETE FROM counts WHERE folder=? AND what IN ('need', 'skipped')", (folder,))
             c.execute("DELETE FROM need_basis WHERE folder=?", (folder,))
 
         self._write(work)
@@ -422,24 +450,35 @@ class IndexDB:
         q = (
             f"SELECT {', '.join('n.' + c for c in _NEED_COLUMNS.split(', '))}, {', '.join('f.' + c for c in _COLUMNS.split(', '))} "
             "FROM need n JOIN files f ON f.folder=n.folder AND f.device=n.source AND f.name=n.name "
-            "WHERE n.folder=? AND n.retry_at<=? "
+            "WHERE n.folder=? AND n.skip=0 AND n.retry_at<=? "
         )
         if after is None:
             cur = self.conn.execute(q + "ORDER BY n.kind, n.size, n.name LIMIT ?", (folder, now, limit))
         else:
             op = ">=" if inclusive else ">"
             cur = self.conn.execute(q + f"AND (n.kind, n.size, n.name) {op} (?, ?, ?) ORDER BY n.kind, n.size, n.name LIMIT ?", (folder, now, *after, limit))
-        return [(_need_row(r[:10]), _row(r[10:])) for r in cur]
+        return [(_need_row(r[:11]), _row(r[11:])) for r in cur]
 
     def next_retry(self, folder: str, now: float) -> float | None:
         r = self.conn.execute("SELECT MIN(retry_at) FROM need WHERE folder=? AND retry_at>?", (folder, now)).fetchone()
         return r[0] if r and r[0] is not None else None
 
+    def need_list(self, folder: str, prefix: str, offset: int, limit: int) -> list[NeedRow]:
+        """Need rows (skipped ones too) in name order, all or those at/below `prefix`."""
+        q = f"SELECT {_NEED_COLUMNS} FROM need WHERE folder=?"
+        args: list[object] = [folder]
+        if prefix:
+            q += " AND (name=? OR (name>=? AND name<?))"
+            args += [prefix, prefix + "/", prefix + "0"]  # "0" sorts right after "/"
+        q += " ORDER BY name LIMIT ? OFFSET ?"
+        return [_need_row(r) for r in self.conn.execute(q, (*args, limit, offset))]
+
     def need_errors(self, folder: str, limit: int) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in self.conn.execute("SELECT name, error FROM need WHERE folder=? AND error!='' ORDER BY name LIMIT ?", (folder, limit))]
+        q = "SELECT name, error FROM need WHERE folder=? AND error!='' AND skip=0 ORDER BY name LIMIT ?"
+        return [(r[0], r[1]) for r in self.conn.execute(q, (folder, limit))]
 
     def count_need_errors(self, folder: str) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM need WHERE folder=? AND error!=''", (folder,)).fetchone()[0]
+        return self.conn.execute("SELECT COUNT(*) FROM need WHERE folder=? AND error!='' AND skip=0", (folder,)).fetchone()[0]
 
     def totals(self, folder: str, what: str) -> tuple[int, int]:
         """(entries, bytes) of the folder's local index ('local') or need ('need')."""
@@ -479,12 +518,13 @@ class NeedRow(msgspec.Struct, frozen=True):
     error: str = ""
     failures: int = 0
     retry_at: float = 0.0
+    skip: int = 0  # why it is deliberately not fetched (model/why.py SKIP_*), 0: it is
 
 
 NEED_OTHER, NEED_FILE, NEED_DELETE = 0, 1, 2
-_NEED_COLUMNS = "name, kind, size, conflict, source, holders, version, error, failures, retry_at"
+_NEED_COLUMNS = "name, kind, size, conflict, source, holders, version, error, failures, retry_at, skip"
 
 
 def _need_row(r: tuple) -> NeedRow:
     h = bytes(r[5])
-    return NeedRow(r[0], r[1], r[2], bool(r[3]), bytes(r[4]), tuple(h[i : i + 32] for i in range(0, len(h), 32)), bytes(r[6]), r[7], r[8], r[9])
+    return NeedRow(r[0], r[1], r[2], bool(r[3]), bytes(r[4]), tuple(h[i : i + 32] for i in range(0, len(h), 32)), bytes(r[6]), r[7], r[8], r[9], r[10])

@@ -28,14 +28,15 @@ from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
 from syncer.fs import layout
 from syncer.fs.confined import FolderFS
-from syncer.index.db import LOCAL, IndexDB
+from syncer.index.db import LOCAL, IndexDB, NeedRow
 from syncer.index.fileinfo import FileInfo
 from syncer.model import apply as applying
 from syncer.model import safe_write
 from syncer.model.convert import from_wire, to_wire
-from syncer.model.need import NeedIndex
+from syncer.model.need import NeedIndex, Policy
 from syncer.model.storage import JobFile, Storage, write_block
 from syncer.model.validate import bad_file
+from syncer.model.why import Facts, errno_of, explain
 from syncer.runtime.clock import Clock, sleep_until
 from syncer.runtime.supervisor import Supervisor, TaskFailure
 from syncer.scan.scanner import MassDelete
@@ -67,6 +68,7 @@ HASH_IN_THREAD = 64 << 10  # blocks at least this big are verified off the event
 TEMP_KEEP_S = 24 * 3600  # an unneeded download temp file is removed after this long untouched
 MANY_CHANGES = 5000  # beyond this many need changes at once the puller gets a summary
 RETRY_BASE = 5.0
+RETRY_SLACK = 0.05  # a retry pass starts this late: the DB compares wall-clock times
 RETRY_MAX = 3600.0
 DISK_RETRY_MAX = 60.0  # disk full: look again at least this often
 PRUNE_INTERVAL = 24 * 3600.0  # the whole trash can is swept daily...
@@ -158,6 +160,15 @@ class FolderRuntime:
     def sharing(self) -> list[DeviceId]:
         return sorted(self.model.devices_sharing(self.cfg), key=lambda d: d.raw)
 
+    def policy(self) -> Policy:
+        ignore = self.scanner.ignore if self.scanner is not None else None
+        return Policy(
+            type=self.cfg.type,
+            selected=tuple(self.cfg.selected) if self.cfg.selective else None,
+            ignored=ignore.ignored if ignore is not None else None,
+            ignore_rules=ignore.fingerprint if ignore is not None else "",
+        )
+
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         from syncer.ignore import Ignore
@@ -168,9 +179,9 @@ class FolderRuntime:
         def load() -> None:
             db = self.db
             db.add_folder(self.id, str(self.root))
-            if self.need.ensure_basis(db, devices):
-                log.info("folder %s: need recomputed for %d devices", self.id, len(devices))
             self.scanner = Scanner(self.root, self.id, db, self.model.short, Ignore.load(self.fs), fs=self.fs)
+            if self.need.ensure_basis(db, devices, self.policy()):
+                log.info("folder %s: need recomputed for %d devices", self.id, len(devices))
 
         await self.run_in_worker(load)
         self.supervisor.spawn("index intake", self._intake_loop)
@@ -205,7 +216,8 @@ class FolderRuntime:
         """The folder's config changed (label, sharing, paused)."""
         self.cfg = cfg
         devices = self.sharing()
-        if await self.run_in_worker(lambda: self.need.ensure_basis(self.db, devices)):
+        policy = self.policy()
+        if await self.run_in_worker(lambda: self.need.ensure_basis(self.db, devices, policy)):
             self.puller.start()
         self._kick()
 
@@ -220,13 +232,22 @@ class FolderRuntime:
         def do_scan() -> Any:
             from syncer.ignore import Ignore
 
+            recomputed = False
             if paths is None or layout.IGNORE_FILE in paths:
                 self.scanner.ignore = Ignore.load(self.fs)
-            result = self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete)
+                recomputed = self.need.ensure_basis(self.db, devices, self.policy())
+                if recomputed:
+                    log.info("folder %s: ignore rules changed; need recomputed", self.id)
+            progress = self.model.events.progress("FolderScanProgress", folder=self.id)
+            result = self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete, progress=progress)
             names = [f.name for f in result.changed] + [f.name for f in result.deleted]
-            changes = self.need.recompute(self.db, devices, names) if names else []
-            return result, names, self._condense(changes, jobs)
+            changes = self.need.recompute(self.db, devices, names, self.policy()) if names else []
+            condensed = self._condense(changes, jobs)
+            if recomputed:
+                condensed.restart, condensed.restart_key = True, None
+            return result, names, condensed
 
+        started = self.clock.monotonic()
         prev = self.state
         if self.state in ("idle", "starting"):
             self.state = "scanning"
@@ -246,14 +267,19 @@ class FolderRuntime:
             self.state = prev if prev != "starting" else "idle"
         if self.state in ("stopped", "paused"):
             self.state, self.error = "idle", ""
+        self.model.events.changes(self.id, list(result.changed) + list(result.deleted))
+        self.model.events.emit(
+            "FolderScanned", folder=self.id, changed=len(result.changed), deleted=len(result.deleted),
+            errors=len(result.errors), duration=self.clock.monotonic() - started,
+        )
         for name, msg in result.errors:
             log.warning("folder %s: cannot scan %s: %s", self.id, name, msg)
         if result.temp_files:
             await self._drop_stale_temps(result.temp_files, self.clock.time())
         if names:
             self.storage.forget(names)
-            self._need_changed(changes)
             self._index_changed()
+        self._need_changed(changes)
         return {"folder": self.id, "changed": len(result.changed), "deleted": len(result.deleted), "errors": len(result.errors)}
 
     async def _drop_stale_temps(self, temps: list[tuple[str, float]], now: float) -> None:
@@ -432,6 +458,7 @@ class FolderRuntime:
         if rejected > 3:
             log.warning("folder %s: ignored %d entries from %s in all", self.id, rejected, dev.short)
         devices = self.sharing()
+        policy = self.policy()
         jobs = set(self.puller.job_names())
         index_id = self.model.index_info.get((self.id, dev), (0, 0))[0]
 
@@ -442,12 +469,13 @@ class FolderRuntime:
                 names = self._forget_device(db, dev, index_id) + names
             if good:
                 db.update_remote(self.id, dev.raw, good)
-            changes = self.need.recompute(db, devices, names) if names else []
+            changes = self.need.recompute(db, devices, names, policy) if names else []
             return self._condense(changes, jobs), db.max_sequence(self.id, dev.raw)
 
         if dev not in devices:
             return
         changes, top = await self.run_in_worker(store)
+        self.model.events.changes(self.id, good, device=str(dev))
         idx, seq = self.model.index_info.get((self.id, dev), (0, 0))
         self.model.index_info[(self.id, dev)] = (idx, max(seq, top))
         self._need_changed(changes)
@@ -469,11 +497,12 @@ class FolderRuntime:
     async def reset_peer_index(self, dev: DeviceId, index_id: int) -> None:
         """The peer has a new index (first contact, or its database was reset)."""
         devices = self.sharing()
+        policy = self.policy()
         jobs = set(self.puller.job_names())
 
         def work() -> _Changes:
             names = self._forget_device(self.db, dev, index_id)
-            return self._condense(self.need.recompute(self.db, devices, names), jobs)
+            return self._condense(self.need.recompute(self.db, devices, names, policy), jobs)
 
         self._need_changed(await self.run_in_worker(work))
 
@@ -578,13 +607,22 @@ class FolderRuntime:
 
     async def _load(self, a: LoadNeed) -> None:
         devices = self.sharing()
+        now_wall, now = self.clock.time(), self.clock.monotonic()
+
+        def page() -> tuple[list[Any], bool, float | None]:
+            rows, exhausted = self.need.page(self.db, devices, a.after, a.inclusive, a.limit, now_wall)
+            # at the end of a pass, when entries wait for a retry: the next pass starts then
+            nxt = self.db.next_retry(self.id, now_wall) if exhausted else None
+            return rows, exhausted, nxt
+
         try:
-            now = self.clock.time()
-            rows, exhausted = await self.run_in_worker(lambda: self.need.page(self.db, devices, a.after, a.inclusive, a.limit, now))
+            rows, exhausted, nxt = await self.run_in_worker(page)
         except BaseException:
             self.puller.need_loaded([], True)
             raise
         self.puller.need_loaded(rows, exhausted)
+        if nxt is not None:
+            self.puller.retry_due(now + (nxt - now_wall) + RETRY_SLACK)
         self._kick()
 
     async def _prepare(self, a: PrepareJobs) -> None:
@@ -608,6 +646,7 @@ class FolderRuntime:
             if old is not None:
                 old.close()
             self.jobfiles[name] = p.job
+            self.model.events.emit("ItemStarted", folder=self.id, item=name, action="update")
             self.puller.job_prepared(name, p.spec.gen, p.have)
         if failures:
             await self._record_failures(failures)
@@ -625,7 +664,10 @@ class FolderRuntime:
         now = self.clock.time()
         versions = self._versions_policy()
         devices = self.sharing()
+        policy = self.policy()
         jobs = set(self.puller.job_names())
+        if batch.others:
+            self.model.events.items_started(self.id, [w.file for w in batch.others])
         for spec in batch.finished:
             jf = self.jobfiles.pop(spec.file.name, None)
             if jf is not None:
@@ -639,7 +681,7 @@ class FolderRuntime:
             others = [(w.file, locals_.get(w.name)) for w in batch.others]
             outcome = applying.apply_batch(self.fs, finished, others, now, versions)
             stored = db.update_local(self.id, outcome.applied) if outcome.applied else []
-            changes = self.need.recompute(db, devices, names)
+            changes = self.need.recompute(db, devices, names, policy)
             return outcome, stored, self._condense(changes, jobs)
 
         try:
@@ -647,6 +689,7 @@ class FolderRuntime:
         finally:
             self.puller.applied(batch)
         self.storage.forget([s.file.name for s in batch.finished] + [w.name for w in batch.others] + outcome.conflicts)
+        self.model.events.items_finished(self.id, stored, outcome.errors)
         self._need_changed(changes)
         failures = [(name, "changed here meanwhile or not empty; trying again later", False) for name in outcome.retry]
         failures += [(name, err, _is_disk_error(err)) for name, err in outcome.errors]
@@ -679,7 +722,7 @@ class FolderRuntime:
                 for name, err, disk in failures
             ])
             nxt = db.next_retry(self.id, now_wall)
-            return None if nxt is None else now + (nxt - now_wall)
+            return None if nxt is None else now + (nxt - now_wall) + RETRY_SLACK
 
         retry_at = await self.run_in_worker(record)
         self.puller.retry_due(retry_at)
@@ -784,6 +827,43 @@ class FolderRuntime:
             return None
         return jf
 
+    # --- why not in sync ----------------------------------------------------------------------
+    def explain(self, rows: list[NeedRow]) -> list[dict[str, Any]]:
+        """A reason and a sentence for each need row (event loop: reads the runtime's state)."""
+        state = "paused" if self.cfg.paused or self.state == "paused" else self.state
+
+        def running(name: str, states: tuple[str, ...]) -> bool:
+            return self.puller.state_of(name) in states
+
+        facts = Facts(
+            state=state,
+            downloading=lambda n: running(n, ("preparing", "downloading")),
+            applying=lambda n: running(n, ("finished", "applying")),
+            connected={d.raw for d in self.peers},
+            choked_by={d.raw for d in self.model.choked_by},
+            device_name=self.model.device_label,
+            now_wall=self.clock.time(),
+        )
+        out = []
+        for row in rows:
+            r = explain(row, facts)
+            item: dict[str, Any] = {
+                "name": row.name,
+                "kind": {0: "directory/symlink", 1: "file", 2: "deletion"}.get(row.kind, "file"),
+                "size": row.size,
+                "reason": r.code,
+                "text": r.text,
+            }
+            if row.error:
+                item["error"] = row.error
+                eno = errno_of(row.error)
+                if eno is not None:
+                    item["errno"] = eno
+            if row.holders:
+                item["available_from"] = [self.model.device_label(h) for h in row.holders[:5]]
+            out.append(item)
+        return out
+
     # --- time ---------------------------------------------------------------------------------
     async def _timer_loop(self) -> None:
         while True:
@@ -798,6 +878,10 @@ class FolderRuntime:
     def _update_state(self) -> None:
         if self.state in ("syncing", "idle"):
             self.state = "syncing" if self.puller.busy() else "idle"
+
+    def totals(self, what: str) -> tuple[int, int]:
+        """(entries, bytes): 'local' index, 'need' (to fetch), 'skipped' (deliberately not)."""
+        return self.db.totals(self.id, what)
 
     def status(self) -> dict[str, Any]:
         db = self.db

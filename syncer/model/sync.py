@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from syncer.config import Config, FolderConfig
 from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
+from syncer.events import EventLog
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.version import short_id
 from syncer.model.folder import FolderRuntime
@@ -75,7 +76,10 @@ class _Control:
 class SyncModel:
     LOCAL = LOCAL
 
-    def __init__(self, config: Config, device_id: DeviceId, db_path: Any, pending: PendingStore, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, device_id: DeviceId, db_path: Any, pending: PendingStore, events: EventLog | None = None, clock: Clock | None = None
+    ) -> None:
+        self.events = events if events is not None else EventLog()  # the daemon's; folders emit into it
         self.config = config
         self.device_id = device_id
         self.short = short_id(device_id)
@@ -132,6 +136,15 @@ class SyncModel:
             if short_id(d) == short:
                 return d.short
         return ""
+
+    def device_label(self, raw: bytes) -> str:
+        """How a device is named to the user: its name, or its short ID."""
+        try:
+            dev = DeviceId(raw)
+        except Exception:  # noqa: BLE001 - a malformed id from storage is shown, not fatal
+            return raw.hex()[:14]
+        cfg = self.config.device(dev)
+        return (cfg.name if cfg is not None and cfg.name else "") or dev.short
 
     def local_index_id(self, folder: str) -> int:
         return self.index_info[(folder, self.device_id)][0]

@@ -270,6 +270,23 @@ class Puller:
     def downloading(self, name: str) -> bool:
         return name in self._jobs
 
+    def state_of(self, name: str) -> str | None:
+        """preparing / downloading / finished / applying, or None when not under way."""
+        job = self._jobs.get(name)
+        if job is not None:
+            return job.state
+        if name in self._others or name in self._applying_others:
+            return APPLYING
+        return None
+
+    def downloads(self, limit: int) -> list[tuple[FileInfo, int]]:
+        """Files being downloaded and how many of their blocks are here."""
+        return [(j.file, len(j.have)) for j in list(self._jobs.values())[:limit] if j.state == DOWNLOADING]
+
+    def partial_bytes(self) -> int:
+        """Bytes of downloads already here (in temp files)."""
+        return sum(min(len(j.have) * j.file.block_size, j.file.size) for j in self._jobs.values() if j.state == DOWNLOADING)
+
     def is_current(self, name: str, gen: int) -> bool:
         job = self._jobs.get(name)
         return job is not None and job.gen == gen
