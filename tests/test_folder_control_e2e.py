@@ -102,8 +102,8 @@ def test_selective_sync_fetches_only_what_is_selected(tmp_path):
         st = folder_status(b, FID)
         assert st["completion"] == 100.0  # counts only what is selected
         out = b.syncer("unselect", FID, "photos", check=True).stdout
-        assert "freed 4" in out
-        wait_until(lambda: not any((db_ / "photos").glob("*.bin")), 30, "local copies freed")
+        assert "freed 5" in out  # four files and their directory
+        assert not (db_ / "photos").exists()
         # freed here only: a still has everything, and was told of no deletion
         a.syncer("scan", FID, check=True)
         assert len([n for n in tree(da) if n.endswith(".bin")]) == 7
@@ -141,3 +141,44 @@ def test_why_gives_reasons_from_real_situations(tmp_path):
         b.syncer("config", "set", "limits.min_free_disk_mb", "1", check=True)
         wait_until(lambda: (db_ / "third.bin").exists(), 90, "synced once space is allowed")
         assert reasons(b) == {"notes.tmp": "ignored"}
+
+
+def test_a_conflict_resolved_on_one_device_is_gone_on_a_third(tmp_path):
+    with cluster(tmp_path, "a", "b", "c") as (a, b, c):
+        da, db_, dc = tmp_path / "A", tmp_path / "B", tmp_path / "C"
+        for d in (da, db_, dc):
+            d.mkdir()
+        (da / "doc.txt").write_text("v1")
+        for n, d in ((a, da), (b, db_), (c, dc)):
+            n.syncer("share", str(d), "--id", FID, check=True)
+        a.start()
+        b.start()
+        c.start()
+        pair_all([a, b, c])
+        wait_same(da, dc)
+        wait_same(da, db_)
+        b.stop()
+        (da / "doc.txt").write_text("edit on a")
+        a.syncer("scan", FID, check=True)
+        wait_until(lambda: (dc / "doc.txt").read_text() == "edit on a", 30, "c has a's edit")
+        (db_ / "doc.txt").write_text("edit on b, longer")
+        b.start()
+        b.syncer("scan", FID, check=True)
+
+        def copies(d: Path) -> list[str]:
+            return sorted(n for n in tree(d) if ".sync-conflict-" in n)
+
+        wait_until(lambda: len(copies(dc)) == 1 and copies(dc) == copies(da) == copies(db_), 60, "one conflict copy everywhere")
+        listed = json.loads(b.syncer("conflicts", FID, "--json", check=True).stdout)
+        assert [r["name"] for r in listed] == ["doc.txt"] and listed[0]["copy"] == copies(db_)[0]
+        assert next(f for f in b.status()["folders"] if f["id"] == FID)["conflicts"] == 1
+        winner = (db_ / "doc.txt").read_text()
+        loser = (db_ / copies(db_)[0]).read_text()
+        # keep the copy's content (whichever device made it): it wins on every device
+        b.syncer("resolve", FID, "doc.txt", "--keep", copies(db_)[0], check=True)
+        for d in (da, db_, dc):
+            wait_until(lambda d=d: not copies(d) and (d / "doc.txt").read_text() == loser, 60, f"resolved on {d.name}")
+        assert winner != loser
+        assert json.loads(c.syncer("conflicts", FID, "--json", check=True).stdout) == []
+        # nothing is lost: the replaced version is in b's trash can
+        assert any((db_ / ".syncer" / "versions").rglob("doc*"))

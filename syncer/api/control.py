@@ -217,6 +217,13 @@ class DaemonControl:
         await self._changed()
         return result
 
+    async def resolve(self, fid: str, body: Any) -> dict[str, Any]:
+        b = _obj(body)
+        path, keep = b.get("path"), b.get("keep")
+        if not isinstance(path, str) or not isinstance(keep, str):
+            raise FolderError('give "path" (the file or a copy) and "keep" (local, remote, both or a copy\'s name)')
+        return await self._folder(fid).resolve(path, keep)
+
     async def ignore_test(self, fid: str, path: str) -> dict[str, Any]:
         f = self._folder(fid)
         name = path.strip().strip("/")

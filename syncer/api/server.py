@@ -250,6 +250,9 @@ class Handlers:
     async def unselect(self, r: web.Request) -> web.Response:
         return web.json_response(await self.c.select(r.match_info["id"], await _json_object(r), False))
 
+    async def resolve(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.resolve(r.match_info["id"], await _json_object(r)))
+
     async def ignore_test(self, r: web.Request) -> web.Response:
         return web.json_response(await self.c.ignore_test(r.match_info["id"], r.query.get("path", "")))
 
@@ -336,6 +339,7 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", "/rest/folders/{id}/select", "select", "any"),
     ("POST", "/rest/folders/{id}/unselect", "unselect", "any"),
     ("GET", "/rest/folders/{id}/ignore", "ignore_test", "any"),
+    ("POST", "/rest/folders/{id}/conflicts/resolve", "resolve", "any"),
     ("GET", "/rest/folders/{id}/conflicts", "conflicts", "any"),
     ("GET", "/rest/folders/{id}/versions", "versions", "any"),
     ("POST", "/rest/folders/{id}/versions/restore", "restore", "any"),

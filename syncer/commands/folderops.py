@@ -59,6 +59,38 @@ def why(
 
 
 @app.command()
+def conflicts(folder: str = typer.Argument("", help="folder id (default: all)"), json: bool = common.JsonOption) -> None:
+    """The conflict inbox: files changed on two devices at once, and their copies."""
+    p = common.paths()
+    fids = [folder] if folder else [f["id"] for f in client.call(p, "GET", "/rest/folders")]
+    rows = []
+    for fid in fids:
+        r = client.call(p, "GET", f"/rest/folders/{_q(fid)}/conflicts?perpage=1000")
+        rows += [{"folder": fid, **i} for i in r["items"]]
+    if json:
+        common.print_json(rows)
+        return
+    if not rows:
+        typer.echo("no conflicts")
+        return
+    for r in rows:
+        who = f" (the version of {r['loser']})" if r.get("loser") else ""
+        typer.echo(f"{r['folder']}: {r['name']}  <->  {r['copy']}{who}")
+    typer.echo("resolve with: syncer resolve FOLDER PATH --keep local|remote|both|COPY")
+
+
+@app.command()
+def resolve(
+    folder: str = typer.Argument(..., help="folder id"),
+    path: str = typer.Argument(..., help="the file in conflict (or one of its copies)"),
+    keep: str = typer.Option(..., "--keep", help="local, remote, both, or the name of the copy to keep"),
+) -> None:
+    """Settle a conflict; the result reaches every device and the copies disappear everywhere."""
+    r = client.call(common.paths(), "POST", f"/rest/folders/{_q(folder)}/conflicts/resolve", {"path": path, "keep": keep}, timeout=3600)
+    typer.echo(f"{folder}: {r['name']}: {r['result']}")
+
+
+@app.command()
 def override(folder: str = typer.Argument(..., help="folder id (send-only)"), dry_run: bool = typer.Option(False, "--dry-run", help="only count")) -> None:
     """Send-only folder: make this device's state win on every device."""
     r = client.call(common.paths(), "POST", f"/rest/folders/{_q(folder)}/override", {"dry_run": dry_run}, timeout=3600)

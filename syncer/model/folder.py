@@ -32,7 +32,8 @@ from syncer.index.db import LOCAL, IndexDB, NeedRow, encode_version
 from syncer.index.fileinfo import LOCAL_CHANGE, FileInfo
 from syncer.model import apply as applying
 from syncer.model import foldertype, safe_write
-from syncer.model.conflicts import original_of
+from syncer.model.conflicts import MARKER as CONFLICT_MARKER
+from syncer.model.conflicts import kept_name, original_of
 from syncer.model.convert import from_wire, to_wire
 from syncer.model.need import NeedIndex, Policy, basis_of
 from syncer.model.storage import JobFile, Storage, write_block
@@ -925,6 +926,54 @@ class FolderRuntime:
         self._need_changed(changes)
         return {"folder": self.id, "selected": list(cfg.selected), "freed": freed, "kept_changed_here": kept}
 
+    # --- the conflict inbox ---------------------------------------------------------------------
+    async def resolve(self, path: str, keep: str) -> dict[str, Any]:
+        """Settle the conflict of `path` (the file or one of its copies). keep: 'local' (the
+        version made on this device), 'remote' (the other one), 'both' (the copies stay, renamed
+        so they are no longer conflict copies) or a copy's name. What is kept is written here as
+        a local change, so its version dominates both sides and reaches every device; dropped
+        copies are deleted everywhere (they go to the trash cans)."""
+        name = path.strip("/")
+        original = original_of(name)
+        now = self.clock.time()
+        me = self.model.device_id.short
+
+        def work() -> tuple[list[str], str]:
+            copies = sorted(str(r["copy"]) for r in self.db.conflicts(self.id, 100_000) if original_of(str(r["copy"])) == original)
+            if not copies:
+                raise FolderError(f"{original}: no conflict copies here (see `syncer conflicts {self.id}`)")
+            if keep == "both":
+                for c in copies:
+                    self.fs.replace(c, kept_name(c, _copy_device(c)))
+                return copies + [kept_name(c, _copy_device(c)) for c in copies], f"kept both: {len(copies)} copies renamed"
+            if keep in copies or (keep == name and name in copies):
+                chosen: str | None = keep
+            elif keep in ("local", "remote"):
+                mine = [c for c in copies if _copy_device(c) == me]
+                theirs = [c for c in copies if c not in mine]
+                if keep == "local":
+                    chosen = mine[0] if mine else None  # ours is at the original name otherwise
+                else:
+                    chosen = None if mine else (theirs[0] if len(theirs) == 1 else None)
+                    if not mine and len(theirs) > 1:
+                        raise FolderError(f"{original} has {len(theirs)} conflict copies: name the one to keep (--keep COPY)")
+            else:
+                raise FolderError(f"--keep must be local, remote, both or the name of a copy of {original}")
+            if chosen is not None:
+                safe_write.archive(self.fs, original, now)
+                self.fs.replace(chosen, original)
+            for c in copies:
+                if c != chosen:
+                    safe_write.archive(self.fs, c, now)
+            self.db.drop_conflicts(self.id, copies)
+            kept = "the conflict copy " + chosen if chosen else "the version at " + original
+            return [original, *copies], f"kept {kept}; {len(copies) - (1 if chosen else 0)} copies removed"
+
+        touched, summary = await self.run_in_worker(work)
+        await self.scan(set(touched))
+        self.model.events.emit("ConflictResolved", folder=self.id, item=original, keep=keep)
+        return {"folder": self.id, "name": original, "keep": keep, "result": summary}
+
     # --- why not in sync ----------------------------------------------------------------------
     def explain(self, rows: list[NeedRow]) -> list[dict[str, Any]]:
         """A reason and a sentence for each need row (event loop: reads the runtime's state)."""
@@ -1042,3 +1091,8 @@ def _cut(rows: list[FileInfo]) -> list[list[WireFile]]:
 def _is_disk_error(err: str) -> bool:
     return "No space left" in err or "Disk quota" in err
 
+
+def _copy_device(copy: str) -> str:
+    """The short ID a conflict copy's name carries: the device whose version it holds."""
+    rest = copy.rpartition("/")[2].partition(CONFLICT_MARKER)[2]
+    return rest.split("-")[2].split(".")[0] if rest.count("-") >= 2 else ""
