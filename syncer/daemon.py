@@ -23,12 +23,15 @@ from syncer.errors import DaemonError, SyncerError
 from syncer.identity import load_or_create
 from syncer.memtune import tune_malloc
 from syncer.model.sync import SyncModel
+from syncer.nat.assist import PeerAssist
 from syncer.nat.attempts import execute
+from syncer.nat.history import DialHistory
 from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
 from syncer.nat.rendezvous import PunchResponder
+from syncer.nat.service import NatService
 from syncer.net.backoff import Backoff
 from syncer.net.fdlimit import raise_open_files_limit
-from syncer.net.quic import QuicTransport
+from syncer.net.quic import QuicListener, QuicTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
 from syncer.paths import Paths
@@ -93,6 +96,17 @@ class Daemon:
         self.api: ApiServer | None = None
         self.model: SyncModel | None = None
         self.discovery: DiscoveryService | None = None
+        # reachability (STUN, port mapping, what devices observe) and help from paired devices
+        self.nat = NatService(lambda key: self.config.get(key))
+        self.assist = PeerAssist(
+            self.identity,
+            self.sessions,
+            paired=lambda d: self.config.device(d) is not None,
+            setting=lambda key: self.config.get(key),
+            on_stream=lambda s, route: self._handle_stream(s, None, route),
+            names=self._name_of,
+        )
+        self.history = DialHistory()
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -114,6 +128,7 @@ class Daemon:
         # the model first: from the moment a listener accepts, every session has its handler
         # (folders finish starting, scans included, in the background)
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
+        self.model.assist = self.assist
         await self.model.start()
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
@@ -134,8 +149,23 @@ class Daemon:
         log.info("control API on %s", address)
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
+        self._start_nat()
         await self._start_discovery()
         self._spawn(self._dial_loop())
+
+    def _start_nat(self) -> None:
+        quic = next((lst for lst in self.listeners if isinstance(lst, QuicListener)), None)
+        self.assist.quic = quic.endpoint if quic is not None else None
+        self.assist.listen = [lst.url for lst in self.listeners]
+        self.assist.external = self.nat.external_urls
+        self.assist.on_addresses = lambda dev, info: self.nat.peer_saw(dev.short, info.observed, self.assist.quic_addr(dev))
+        quic_port = Address.parse(quic.url).port if quic is not None else 0
+        self.nat.start(quic.endpoint.udp if quic is not None else None, self._listen_port(), quic_port)
+
+    def _name_of(self, device: DeviceId) -> str:
+        dev = self.config.device(device)
+        s = self.sessions.get(device)
+        return (dev.name if dev else "") or (s.remote_name if s else "") or device.short
 
     def _listen_port(self) -> int:
         for listener in self.listeners:
@@ -197,6 +227,8 @@ class Daemon:
             self.paths.api_address_file.unlink()
         if self.discovery is not None:
             await self.discovery.stop()
+        await self.nat.stop()
+        await self.assist.close()
         for responder in self.responders:
             with contextlib.suppress(Exception):
                 await responder.close()
@@ -230,7 +262,7 @@ class Daemon:
 
     # connections -------------------------------------------------------------
     async def _on_inbound(self, stream: Stream) -> None:
-        await self._handle_stream(stream, expected=None)
+        await self._handle_stream(stream, expected=None, route=self.assist.route_of(stream))
 
     async def _handle_stream(self, stream: Stream, expected: DeviceId | None, route: str = "direct") -> None:
         peer = stream.peer
@@ -269,6 +301,7 @@ class Daemon:
         if self.model is not None:
             session.handler = self.model
             self.model.on_connected(session)
+        self.assist.connected(session)
         try:
             await session.run()
         finally:
@@ -276,6 +309,8 @@ class Daemon:
                 self.model.on_disconnected(session)
             if self.sessions.get(peer) is session:
                 del self.sessions[peer]
+                self.assist.disconnected(peer)
+                self.nat.peer_left(peer.short)
                 self.upgrades.setdefault(peer, UpgradePolicy()).disconnected()
                 log.info("disconnected from %s: %s", peer.short, session.close_reason)
                 self._wake_dialer.set()
@@ -293,6 +328,8 @@ class Daemon:
             [a for a, _ in self.addresses_of(device)],
             list(self.relays),
             nat_enabled=bool(self.config.get("nat.enabled")),
+            helpers=[str(h) for h in self.assist.helpers(device)],
+            relay_via_devices=bool(self.config.get("nat.relay_via_devices")),
         )
 
     async def _dial_loop(self) -> None:
@@ -331,10 +368,12 @@ class Daemon:
         try:
             for attempt in attempts:
                 try:
-                    stream = await execute(attempt, self.identity, device, self.relays)
+                    stream = await execute(attempt, self.identity, device, self.relays, self.assist)
                 except (SyncerError, OSError) as e:
                     log.debug("dial %s via %s %s: %s", device.short, attempt.kind, attempt.url, e)
+                    self.history.record(device, attempt.kind, attempt.url, attempt.route.name.lower(), str(e) or type(e).__name__, time.time())
                     continue
+                self.history.record(device, attempt.kind, attempt.url, attempt.route.name.lower(), None, time.time())
                 self.dialing.discard(device)
                 await self._handle_stream(stream, expected=device, route=attempt.route.name.lower())
                 return
@@ -364,6 +403,10 @@ class Daemon:
             "down_rate": s.down_rate() if s else 0.0,
             "up_rate": s.up_rate() if s else 0.0,
             "folders": self._transfer_stats(device),
+            "attempts": self.history.of(device),
+            "why_not_direct": self.history.why_not_direct(
+                device, info.route if info else None, any(a.startswith(("tcp://", "quic://")) for a, _ in self.addresses_of(device))
+            ),
         }
 
     def _transfer_stats(self, device: DeviceId) -> dict[str, dict[str, int]]:
@@ -393,6 +436,8 @@ class Daemon:
             "api": self.api.address if self.api else "",
             "folders": self.folders(),
             "devices": self.devices(),
+            "nat": self.nat.report(),
+            "dht": self.discovery.dht_report() if self.discovery is not None else {"enabled": False},
         }
 
     async def reload(self) -> None:

@@ -41,6 +41,11 @@ class DiscoveryService:
         self.lan: LanDiscovery | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self.last_announce: float | None = None  # wall clock of the last announce with a taker
+        self.last_announce_ok = 0
+        self.last_lookup: float | None = None
+        self.last_lookup_found = 0
+        self.bootstraps = 0
 
     async def start(self) -> None:
         cfg = self.config
@@ -76,6 +81,22 @@ class DiscoveryService:
             if part is not None:
                 with contextlib.suppress(Exception):
                     await part.stop()
+
+    def dht_report(self) -> dict[str, object]:
+        if self.dht is None:
+            return {"enabled": False}
+        return {
+            "enabled": True,
+            "address": f"{self.dht.host}:{self.dht.port}",
+            "node_id": self.dht.id.hex(),
+            "nodes": len(self.dht.table),
+            "last_announce": self.last_announce,
+            "last_announce_ok": self.last_announce_ok,
+            "last_lookup": self.last_lookup,
+            "last_lookup_found": self.last_lookup_found,
+            "bootstraps": self.bootstraps,
+            "stats": self.dht.statistics(),
+        }
 
     def set_wanted(self, devices: list[DeviceId]) -> None:
         """Paired devices that are not connected: looked up now and then every LOOKUP_INTERVAL."""
