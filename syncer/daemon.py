@@ -160,7 +160,10 @@ class Daemon:
         self.assist.external = self.nat.external_urls
         self.assist.on_addresses = lambda dev, info: self.nat.peer_saw(dev.short, info.observed, self.assist.quic_addr(dev))
         quic_port = Address.parse(quic.url).port if quic is not None else 0
-        self.nat.start(quic.endpoint.udp if quic is not None else None, self._listen_port(), quic_port)
+        self.nat.on_external = lambda ip: self.discovery.external_ip(ip) if self.discovery is not None else None
+        self.nat.on_mappings = lambda: self.discovery.reannounce() if self.discovery is not None else None
+        public = any(not Address.parse(lst.url).host.startswith(("127.", "::1", "localhost")) for lst in self.listeners)
+        self.nat.start(quic.endpoint.udp if quic is not None else None, self._listen_port(), quic_port, map_ports=public)
 
     def _name_of(self, device: DeviceId) -> str:
         dev = self.config.device(device)
@@ -177,7 +180,9 @@ class Daemon:
         port = self._listen_port()
         if not port:
             return
-        self.discovery = DiscoveryService(self.config, self.device_id, port, self._discovered_address)
+        self.discovery = DiscoveryService(
+            self.config, self.device_id, port, self._discovered_address, self.paths.state_dir, self.nat.announce_port
+        )
         try:
             await self.discovery.start()
         except (OSError, SyncerError) as e:

@@ -69,6 +69,9 @@ class NatService:
         self.mappings: list[dict[str, Any]] = []  # set by the port mapper
         self.last_probe = 0.0
         self.last_error = ""
+        self.on_external: Any = lambda ip: None  # the external IP, once observers agree (BEP 42)
+        self.on_mappings: Any = lambda: None  # port mappings changed: announce again
+        self._mapper: Any = None
         self._responder: stun.StunResponder | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -77,13 +80,25 @@ class NatService:
     def enabled(self) -> bool:
         return bool(self.setting("nat.enabled"))
 
-    def start(self, udp: UdpEndpoint | None, tcp_port: int, quic_port: int) -> None:
+    def start(self, udp: UdpEndpoint | None, tcp_port: int, quic_port: int, map_ports: bool = True) -> None:
         self.udp, self.tcp_port, self.quic_port = udp, tcp_port, quic_port
         if udp is not None and self.enabled:
             self._responder = stun.StunResponder(udp)  # paired devices use us as an observer
             self._task = asyncio.ensure_future(self._probe_loop())
+        ports = [("TCP", tcp_port)] * bool(tcp_port) + [("UDP", quic_port)] * bool(quic_port)
+        if self.enabled and self.setting("nat.port_mapping") and map_ports and ports:
+            from syncer.nat.portmap import PortMapper
+
+            self._mapper = PortMapper(ports, self._mapped)
+            self._mapper.start()
+
+    def _mapped(self, mappings: list[dict[str, Any]]) -> None:
+        self.mappings = mappings
+        self.on_mappings()
 
     async def stop(self) -> None:
+        if self._mapper is not None:
+            await self._mapper.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -132,6 +147,9 @@ class NatService:
 
         await asyncio.gather(*(one(n, a) for n, a in targets))
         self.last_probe = self.clock()
+        seen = external(list(self.observations.values()))
+        if seen:
+            self.on_external(seen[0][0])
         while len(self.observations) > MAX_OBSERVERS:
             self.observations.pop(next(iter(self.observations)))
         return sum(1 for o in self.observations.values() if o.at >= self.last_probe - 60)
@@ -147,6 +165,13 @@ class NatService:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+    def announce_port(self) -> int:
+        """The TCP port others should dial: a mapping's external port, else the listen port."""
+        for mp in self.mappings:
+            if mp.get("protocol") == "TCP" and mp.get("internal_port") == self.tcp_port and mp.get("external_port"):
+                return int(mp["external_port"])
+        return self.tcp_port
 
     # --- results ---------------------------------------------------------------------------------------
     @property
@@ -179,6 +204,7 @@ class NatService:
             ],
             "observed_by_devices": [{"device": d, "address": a} for d, (a, _) in self.peer_observed.items()],
             "port_mappings": list(self.mappings),
+            "port_mapping_error": self._mapper.last_error if self._mapper is not None else "",
             "announced": self.external_urls(),
             "last_stun_error": self.last_error,
         }
