@@ -23,6 +23,7 @@ LOOKUP_INTERVAL = 30.0
 ANNOUNCE_INTERVAL = 15 * 60.0
 FIRST_RETRY = 15.0  # an announce nobody took is retried after this, doubling
 FIRST_LOOKUP_DELAY = 0.5
+FIRST_LOOKUP_INTERVAL = 2.0
 DHT_STATE = "dht-nodes.json"  # the routing table between runs (JSON, 0600)
 
 OnAddress = Callable[[DeviceId, str, str], None]
@@ -161,6 +162,7 @@ class DiscoveryService:
 
     async def _lookup_loop(self) -> None:
         await asyncio.sleep(FIRST_LOOKUP_DELAY)
+        interval = FIRST_LOOKUP_INTERVAL
         while True:
             for device in list(self.wanted):
                 if self.tracker is not None:
@@ -173,5 +175,8 @@ class DiscoveryService:
                         for ip, port in found:
                             self._found(device, f"tcp://{ip}:{port}", "dht")
             self._wake.clear()
+            # soon after start (or a new wanted device) devices may not have announced yet:
+            # look again after 2, 4, 8 ... seconds, then every LOOKUP_INTERVAL
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), LOOKUP_INTERVAL)
+                await asyncio.wait_for(self._wake.wait(), interval)
+            interval = FIRST_LOOKUP_INTERVAL if self._wake.is_set() else min(LOOKUP_INTERVAL, interval * 2)
