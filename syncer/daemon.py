@@ -43,6 +43,7 @@ from syncer.relay.client import RelayTransport
 log = logging.getLogger("syncer.daemon")
 
 DIAL_TICK = 0.5
+MAX_DISCOVERED = 32  # addresses remembered per device (from discovery and the device itself)
 HELLO_TIMEOUT = 10.0
 GIL_SWITCH_INTERVAL = 0.02  # seconds; see run_daemon
 
@@ -158,12 +159,19 @@ class Daemon:
         self.assist.quic = quic.endpoint if quic is not None else None
         self.assist.listen = [lst.url for lst in self.listeners]
         self.assist.external = self.nat.external_urls
-        self.assist.on_addresses = lambda dev, info: self.nat.peer_saw(dev.short, info.observed, self.assist.quic_addr(dev))
+        self.assist.on_addresses = self._peer_addresses
         quic_port = Address.parse(quic.url).port if quic is not None else 0
         self.nat.on_external = lambda ip: self.discovery.external_ip(ip) if self.discovery is not None else None
         self.nat.on_mappings = lambda: self.discovery.reannounce() if self.discovery is not None else None
         public = any(not Address.parse(lst.url).host.startswith(("127.", "::1", "localhost")) for lst in self.listeners)
         self.nat.start(quic.endpoint.udp if quic is not None else None, self._listen_port(), quic_port, map_ports=public)
+
+    def _peer_addresses(self, device: DeviceId, info: Any) -> None:
+        """A connected device told us what it sees and what reaches it (nat/assist.py)."""
+        self.nat.peer_saw(device.short, info.observed, self.assist.quic_addr(device))
+        for url in info.external:  # mapped ports, global IPv6: for the next time we dial it
+            if url.startswith(("tcp://", "quic://")):
+                self._discovered_address(device, url, "announced")
 
     def _name_of(self, device: DeviceId) -> str:
         dev = self.config.device(device)
@@ -195,10 +203,14 @@ class Daemon:
         known = self.discovered.setdefault(device, {})
         if known.get(address) != source:
             known[address] = source
+            while len(known) > MAX_DISCOVERED:  # a flood of fake announcements stays bounded
+                known.pop(next(iter(known)))
             log.info("found %s at %s via %s", device.short, address, source)
             if device not in self.sessions:
                 self.backoff.setdefault(device, Backoff()).reset()
                 self._wake_dialer.set()
+            elif source != "announced":
+                self.upgrades.setdefault(device, UpgradePolicy()).retry_now(time.monotonic())  # maybe better
 
     async def _use_relay(self, url: str) -> None:
         """Stay registered at a relay (so peers reach us through it) and answer punches
@@ -466,6 +478,8 @@ class Daemon:
         await self._start_discovery()
         for b in self.backoff.values():
             b.reset()
+        for u in self.upgrades.values():
+            u.retry_now(time.monotonic())  # new addresses may allow a better route than today's
         self._wake_dialer.set()
 
     async def scan(self, folder: str | None) -> dict[str, Any]:

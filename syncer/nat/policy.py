@@ -124,6 +124,11 @@ class UpgradePolicy:
             return list(attempts)
         return [a for a in attempts if a.route < self.current]
 
+    def retry_now(self, now: float) -> None:
+        """New information (addresses, configuration): try the better routes at once."""
+        if self.current is not None and self.current > Route.DIRECT:
+            self.next_at = now
+
     def round_failed(self, now: float) -> None:
         """No better route this round: try again later, backing off."""
         if self.current is None or self.current == Route.DIRECT:
