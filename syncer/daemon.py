@@ -201,6 +201,8 @@ class Daemon:
         if self.config.device(device) is None:
             return
         known = self.discovered.setdefault(device, {})
+        if source == "announced" and address in known:
+            return  # found by discovery first: keep saying how
         if known.get(address) != source:
             known[address] = source
             while len(known) > MAX_DISCOVERED:  # a flood of fake announcements stays bounded

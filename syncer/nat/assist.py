@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import ssl
@@ -72,6 +73,15 @@ class PeerInfo:
 
 def _host(url: str) -> str:
     return Address.parse(url).host
+
+
+def _udp_address(host: str, port: int) -> bool:
+    """An IP literal and a port (never a name: nothing a peer sends makes us resolve names)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return 0 < port < 65536
 
 
 def _quic_port(listen: list[str]) -> int | None:
@@ -275,14 +285,15 @@ class PeerAssist:
             self.stats["punch_forwarded"] += 1
             self._send(target, m.PunchVia(m.PUNCH_OFFER, msg.punch_id, me.raw, msg.host[:64], msg.port))
         elif msg.op == m.PUNCH_OFFER:  # we are the target; `me` is the helper
-            if self._answering >= MAX_ANSWERING:
-                session.send(m.PunchVia(m.PUNCH_ERROR, msg.punch_id, msg.device, "", 0, "busy"))
+            if self._answering >= MAX_ANSWERING or not _udp_address(msg.host, msg.port):
+                session.send(m.PunchVia(m.PUNCH_ERROR, msg.punch_id, msg.device, "", 0, "busy or bad address"))
                 return
+            self._answering += 1  # counted now: a burst of offers in one read must not pass
             self._spawn(self._answer_offer(me, msg))
         elif msg.op in (m.PUNCH_ANSWER, m.PUNCH_ERROR):
             fut = self._answers.get(msg.punch_id)
             if fut is not None:  # we are the initiator
-                if not fut.done():
+                if not fut.done() and (msg.op == m.PUNCH_ERROR or _udp_address(msg.host, msg.port)):
                     fut.set_result(msg)
                 return
             fwd = self._forwarding.pop(msg.punch_id, None)
@@ -304,7 +315,6 @@ class PeerAssist:
 
     async def _answer_offer(self, helper: DeviceId, offer: m.PunchVia) -> None:
         source = DeviceId(offer.device)
-        self._answering += 1
         try:
             if not self.paired(source) or not self.setting("nat.assist") or self.quic is None:
                 self._send(helper, m.PunchVia(m.PUNCH_ERROR, offer.punch_id, offer.device, "", 0, "refused"))
@@ -402,10 +412,16 @@ class PeerAssist:
             self._legs[(target, ch_b)] = key
             return self._send(target, m.RelayVia(m.RELAY_INCOMING, ch_b, me.raw))
         if msg.op == m.RELAY_INCOMING:  # end B: `me` is the helper
-            if sum(1 for k in self._ends if k[0] == me) >= MAX_CHANNELS_PER_DEVICE:
+            source = DeviceId(msg.device)
+            if not self.paired(source) or not self.setting("nat.relay_via_devices"):
+                session.send(m.RelayVia(m.RELAY_CLOSE, msg.channel, reason="refused"))
+                return None
+            if sum(1 for k in self._ends if k[0] == me) >= MAX_CHANNELS_PER_DEVICE or (me, msg.channel) in self._ends:
                 session.send(m.RelayVia(m.RELAY_CLOSE, msg.channel, reason="too many channels"))
                 return None
-            self._spawn(self._incoming(me, msg))
+            stream = self._stream(source, msg.channel, True, me)  # registered now, counted now
+            session.send(m.RelayVia(m.RELAY_ACCEPT, msg.channel))
+            self._spawn(self._incoming(me, source, stream))
         elif msg.op == m.RELAY_ACCEPT:  # helper: B accepted
             other = self._legs.get(key)
             if other is not None:
@@ -442,13 +458,7 @@ class PeerAssist:
             return "too many relayed channels for this device"
         return ""
 
-    async def _incoming(self, helper: DeviceId, msg: m.RelayVia) -> None:
-        source = DeviceId(msg.device)
-        if not self.paired(source) or not self.setting("nat.relay_via_devices"):
-            self._send(helper, m.RelayVia(m.RELAY_CLOSE, msg.channel, reason="refused"))
-            return
-        stream = self._stream(source, msg.channel, True, helper)
-        self._send(helper, m.RelayVia(m.RELAY_ACCEPT, msg.channel))
+    async def _incoming(self, helper: DeviceId, source: DeviceId, stream: ChannelStream) -> None:
         try:
             await stream.handshake()
         except (TimeoutError, ssl.SSLError, ConnectionError, TransportError) as e:
