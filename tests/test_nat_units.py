@@ -12,8 +12,9 @@ import struct
 
 from syncer.config import SETTINGS, load_config
 from syncer.discovery.dht import bep42, krpc
+from syncer.discovery.dht import node as dht_node
 from syncer.discovery.dht.krpc import NodeInfo
-from syncer.discovery.dht.node import THIN, DhtNode
+from syncer.discovery.dht.node import DhtNode
 from syncer.nat import natpmp
 from syncer.nat.natkind import DEPENDENT, INDEPENDENT, NO_NAT, UNKNOWN, Observation, classify
 from syncer.nat.policy import Route, plan
@@ -98,24 +99,27 @@ def test_external_address_votes_give_a_bep42_id_and_keep_the_table():
     assert [n.id for n in node.table.closest(b"N" * 20)] == [b"N" * 20]
 
 
-def test_routing_table_is_saved_and_reused_and_bootstrap_only_while_thin(tmp_path):
+def test_routing_table_is_saved_and_reused_and_bootstrap_only_while_thin(tmp_path, monkeypatch):
     state = tmp_path / "dht-nodes.json"
+    thin = 6  # how many nodes a lookup in a 48-node network surely reaches (k = 8 respond)
+    monkeypatch.setattr(dht_node, "THIN", thin)
 
     async def main() -> None:
-        helpers = [DhtNode("127.0.0.1", 0) for _ in range(THIN + 4)]
+        helpers = [DhtNode("127.0.0.1", 0) for _ in range(48)]
         for h in helpers:
             await h.start()
         boot = DhtNode("127.0.0.1", 0)
         await boot.start()
         try:
-            for h in helpers:  # the bootstrap node knows them all
-                boot.table.add(NodeInfo(h.id, h.host, h.port), 0)
+            for h in [boot, *helpers]:  # a small network: everybody knows everybody
+                for o in helpers:
+                    h.table.add(NodeInfo(o.id, o.host, o.port), 0)
             first = DhtNode("127.0.0.1", 0, bootstrap=[(boot.host, boot.port)], state_file=state)
             await first.start()
-            assert await first.bootstrap() >= THIN and first.bootstraps == 1
+            assert await first.bootstrap() >= thin and first.bootstraps == 1
             await first.stop()  # saves the table
             saved = json.loads(state.read_text())
-            assert len(saved["nodes"]) >= THIN and saved["id"] == first.id.hex()
+            assert len(saved["nodes"]) >= thin and saved["id"] == first.id.hex()
             assert oct(state.stat().st_mode & 0o777) == "0o600"
 
             # next run: the saved nodes suffice, the bootstrap node is not asked
@@ -123,7 +127,7 @@ def test_routing_table_is_saved_and_reused_and_bootstrap_only_while_thin(tmp_pat
             again = DhtNode("127.0.0.1", 0, bootstrap=[(boot.host, boot.port)], state_file=state)
             await again.start()
             assert again.id == first.id
-            assert await again.bootstrap() >= THIN and again.bootstraps == 0
+            assert await again.bootstrap() >= thin and again.bootstraps == 0
             assert boot.stats["queries_in"] == asked or all(n.ip == "127.0.0.1" for n in again.table.closest(again.id))
             await again.stop()
         finally:
