@@ -168,3 +168,30 @@ def test_natpmp_messages():
     addr = struct.pack("!BBHI", 0, 128, 0, 12345) + bytes([198, 18, 0, 1])
     assert natpmp.parse_address_response(addr) == "198.18.0.1"
     assert natpmp.parse_map_response(struct.pack("!BBHIHHI", 0, 129, 3, 1, 0, 0, 0), "UDP") is None  # refused
+
+
+def test_doctor_without_a_daemon_probes_stun_itself(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import SYNCER
+
+    home = tmp_path / "home"
+    home.mkdir()
+    # two observers (two loopback addresses): the public address here is the local one
+    server = subprocess.Popen([sys.executable, "-m", "syncer.net.stun", "127.0.0.1", "127.0.0.2", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("STUN listening on")
+        addrs = line.split("on ", 1)[1].split()
+        env = dict(os.environ, SYNCER_HOME=str(home))
+        subprocess.run([SYNCER, "config", "set", "nat.stun_servers", ",".join(addrs)], env=env, check=True, capture_output=True)
+        out = subprocess.run([SYNCER, "doctor", "--json"], env=env, check=True, capture_output=True, text=True, timeout=60)
+        report = json.loads(out.stdout)
+        assert report["daemon"] == "not running"
+        assert report["nat"]["nat_type"] == "no-nat", report
+        assert {e["observer"] for e in report["nat"]["external_addresses"]} == {f"stun:{a}" for a in addrs}
+    finally:
+        server.terminate()
+        server.wait(10)

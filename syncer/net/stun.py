@@ -211,7 +211,7 @@ async def _serve(hosts: list[str], port: int) -> None:
     endpoints = [await UdpEndpoint.bind(h, port) for h in hosts]
     for e in endpoints:
         StunResponder(e)
-    print("STUN listening on " + " ".join(f"{h}:{port}" for h in hosts), flush=True)
+    print("STUN listening on " + " ".join(f"{e.local_address[0]}:{e.local_address[1]}" for e in endpoints), flush=True)
     await asyncio.Event().wait()
 
 
