@@ -19,9 +19,20 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from syncer.commands import basic, bt, daemon, discovery, folderops, folders, gui, peers, relay
+    from syncer.commands import (
+        basic,
+        bt,
+        daemon,
+        discovery,
+        doctor,
+        folderops,
+        folders,
+        gui,
+        peers,
+        relay,
+    )
 
-    for module in (basic, folders, folderops, peers, daemon, discovery, relay, gui, bt):
+    for module in (basic, folders, folderops, peers, daemon, discovery, relay, doctor, gui, bt):
         app.registered_commands.extend(module.app.registered_commands)
         app.registered_groups.extend(module.app.registered_groups)
 

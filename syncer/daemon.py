@@ -27,12 +27,15 @@ from syncer.events import EventLog
 from syncer.identity import load_or_create
 from syncer.memtune import tune_malloc
 from syncer.model.sync import SyncModel
+from syncer.nat.assist import PeerAssist
 from syncer.nat.attempts import execute
+from syncer.nat.history import DialHistory
 from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
 from syncer.nat.rendezvous import PunchResponder
+from syncer.nat.service import NatService
 from syncer.net.backoff import Backoff
 from syncer.net.fdlimit import raise_open_files_limit
-from syncer.net.quic import QuicTransport
+from syncer.net.quic import QuicListener, QuicTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
 from syncer.paths import Paths
@@ -44,6 +47,7 @@ from syncer.relay.client import RelayTransport
 log = logging.getLogger("syncer.daemon")
 
 DIAL_TICK = 0.5
+MAX_DISCOVERED = 32  # addresses remembered per device (from discovery and the device itself)
 HELLO_TIMEOUT = 10.0
 GIL_SWITCH_INTERVAL = 0.02  # seconds; see run_daemon
 
@@ -101,6 +105,17 @@ class Daemon:
         self.control = DaemonControl(self, self.events)
         self.last_seen: dict[str, float] = {}  # device id -> wall time its last connection ended
         self.bt: BtService | None = None
+        # reachability (STUN, port mapping, what devices observe) and help from paired devices
+        self.nat = NatService(lambda key: self.config.get(key))
+        self.assist = PeerAssist(
+            self.identity,
+            self.sessions,
+            paired=lambda d: self.config.device(d) is not None,
+            setting=lambda key: self.config.get(key),
+            on_stream=lambda s, route: self._handle_stream(s, None, route),
+            names=self._name_of,
+        )
+        self.history = DialHistory()
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -126,6 +141,7 @@ class Daemon:
         # (folders finish starting, scans included, in the background)
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store, events=self.events)
         self.control.start()
+        self.model.assist = self.assist
         await self.model.start()
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
@@ -145,6 +161,7 @@ class Daemon:
         log.info("control API on %s", address)
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
+        self._start_nat()
         await self._start_discovery()
         if self.config.get("bt.enabled"):
             self.bt = BtService(self.paths.state_dir, self.config.get("bt.listen"), lambda: self.discovery.dht if self.discovery else None)
@@ -154,6 +171,30 @@ class Daemon:
                 log.warning("BitTorrent unavailable: %s", e)
                 self.bt = None
         self._spawn(self._dial_loop())
+
+    def _start_nat(self) -> None:
+        quic = next((lst for lst in self.listeners if isinstance(lst, QuicListener)), None)
+        self.assist.quic = quic.endpoint if quic is not None else None
+        self.assist.listen = [lst.url for lst in self.listeners]
+        self.assist.external = self.nat.external_urls
+        self.assist.on_addresses = self._peer_addresses
+        quic_port = Address.parse(quic.url).port if quic is not None else 0
+        self.nat.on_external = lambda ip: self.discovery.external_ip(ip) if self.discovery is not None else None
+        self.nat.on_mappings = lambda: self.discovery.reannounce() if self.discovery is not None else None
+        public = any(not Address.parse(lst.url).host.startswith(("127.", "::1", "localhost")) for lst in self.listeners)
+        self.nat.start(quic.endpoint.udp if quic is not None else None, self._listen_port(), quic_port, map_ports=public)
+
+    def _peer_addresses(self, device: DeviceId, info: Any) -> None:
+        """A connected device told us what it sees and what reaches it (nat/assist.py)."""
+        self.nat.peer_saw(device.short, info.observed, self.assist.quic_addr(device))
+        for url in info.external:  # mapped ports, global IPv6: for the next time we dial it
+            if url.startswith(("tcp://", "quic://")):
+                self._discovered_address(device, url, "announced")
+
+    def _name_of(self, device: DeviceId) -> str:
+        dev = self.config.device(device)
+        s = self.sessions.get(device)
+        return (dev.name if dev else "") or (s.remote_name if s else "") or device.short
 
     def _listen_port(self) -> int:
         for listener in self.listeners:
@@ -165,7 +206,9 @@ class Daemon:
         port = self._listen_port()
         if not port:
             return
-        self.discovery = DiscoveryService(self.config, self.device_id, port, self._discovered_address)
+        self.discovery = DiscoveryService(
+            self.config, self.device_id, port, self._discovered_address, self.paths.state_dir, self.nat.announce_port
+        )
         try:
             await self.discovery.start()
         except (OSError, SyncerError) as e:
@@ -176,12 +219,18 @@ class Daemon:
         if self.config.device(device) is None:
             return
         known = self.discovered.setdefault(device, {})
+        if source == "announced" and address in known:
+            return  # found by discovery first: keep saying how
         if known.get(address) != source:
             known[address] = source
+            while len(known) > MAX_DISCOVERED:  # a flood of fake announcements stays bounded
+                known.pop(next(iter(known)))
             log.info("found %s at %s via %s", device.short, address, source)
             if device not in self.sessions:
                 self.backoff.setdefault(device, Backoff()).reset()
                 self._wake_dialer.set()
+            elif source != "announced":
+                self.upgrades.setdefault(device, UpgradePolicy()).retry_now(time.monotonic())  # maybe better
 
     async def _use_relay(self, url: str) -> None:
         """Stay registered at a relay (so peers reach us through it) and answer punches
@@ -217,6 +266,8 @@ class Daemon:
             await self.bt.stop()
         if self.discovery is not None:
             await self.discovery.stop()
+        await self.nat.stop()
+        await self.assist.close()
         for responder in self.responders:
             with contextlib.suppress(Exception):
                 await responder.close()
@@ -251,7 +302,7 @@ class Daemon:
 
     # connections -------------------------------------------------------------
     async def _on_inbound(self, stream: Stream) -> None:
-        await self._handle_stream(stream, expected=None)
+        await self._handle_stream(stream, expected=None, route=self.assist.route_of(stream))
 
     async def _handle_stream(self, stream: Stream, expected: DeviceId | None, route: str = "direct") -> None:
         peer = stream.peer
@@ -295,6 +346,7 @@ class Daemon:
         if self.model is not None:
             session.handler = self.model
             self.model.on_connected(session)
+        self.assist.connected(session)
         try:
             await session.run()
         finally:
@@ -302,6 +354,8 @@ class Daemon:
                 self.model.on_disconnected(session)
             if self.sessions.get(peer) is session:
                 del self.sessions[peer]
+                self.assist.disconnected(peer)
+                self.nat.peer_left(peer.short)
                 self.upgrades.setdefault(peer, UpgradePolicy()).disconnected()
                 log.info("disconnected from %s: %s", peer.short, session.close_reason)
                 self.last_seen[str(peer)] = time.time()
@@ -321,6 +375,8 @@ class Daemon:
             [a for a, _ in self.addresses_of(device)],
             list(self.relays),
             nat_enabled=bool(self.config.get("nat.enabled")),
+            helpers=[str(h) for h in self.assist.helpers(device)],
+            relay_via_devices=bool(self.config.get("nat.relay_via_devices")),
         )
 
     async def _dial_loop(self) -> None:
@@ -359,10 +415,12 @@ class Daemon:
         try:
             for attempt in attempts:
                 try:
-                    stream = await execute(attempt, self.identity, device, self.relays)
+                    stream = await execute(attempt, self.identity, device, self.relays, self.assist)
                 except (SyncerError, OSError) as e:
                     log.debug("dial %s via %s %s: %s", device.short, attempt.kind, attempt.url, e)
+                    self.history.record(device, attempt.kind, attempt.url, attempt.route.name.lower(), str(e) or type(e).__name__, time.time())
                     continue
+                self.history.record(device, attempt.kind, attempt.url, attempt.route.name.lower(), None, time.time())
                 self.dialing.discard(device)
                 await self._handle_stream(stream, expected=device, route=attempt.route.name.lower())
                 return
@@ -392,6 +450,10 @@ class Daemon:
             "down_rate": s.down_rate() if s else 0.0,
             "up_rate": s.up_rate() if s else 0.0,
             "folders": self._transfer_stats(device),
+            "attempts": self.history.of(device),
+            "why_not_direct": self.history.why_not_direct(
+                device, info.route if info else None, any(a.startswith(("tcp://", "quic://")) for a, _ in self.addresses_of(device))
+            ),
         }
 
     def _transfer_stats(self, device: DeviceId) -> dict[str, dict[str, int]]:
@@ -421,6 +483,8 @@ class Daemon:
             "api": self.api.address if self.api else "",
             "folders": self.folders(),
             "devices": self.devices(),
+            "nat": self.nat.report(),
+            "dht": self.discovery.dht_report() if self.discovery is not None else {"enabled": False},
         }
 
     async def reload(self) -> None:
@@ -444,6 +508,8 @@ class Daemon:
         await self._start_discovery()
         for b in self.backoff.values():
             b.reset()
+        for u in self.upgrades.values():
+            u.retry_now(time.monotonic())  # new addresses may allow a better route than today's
         self._wake_dialer.set()
 
     async def scan(self, folder: str | None) -> dict[str, Any]:
