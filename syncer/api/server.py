@@ -30,6 +30,8 @@ class Control(Protocol):
     async def scan(self, folder: str | None) -> dict[str, Any]: ...
     async def resume(self, folder: str) -> dict[str, Any]: ...
     def shutdown(self) -> None: ...
+    invites: Any  # syncer.invite.service.InviteService
+    async def join(self, text: str, timeout: float) -> dict[str, Any]: ...
 
 
 def load_or_create_token(path: Path) -> str:
@@ -86,6 +88,26 @@ def make_app(control: Control, token: str) -> web.Application:
     async def resume(request: web.Request) -> web.Response:
         return web.json_response(await control.resume(request.query.get("folder", "")))
 
+    async def invites(_: web.Request) -> web.Response:
+        return web.json_response(control.invites.listing())
+
+    async def invite(request: web.Request) -> web.Response:
+        b = await _json_body(request)
+        return web.json_response(
+            control.invites.create(
+                str(b.get("folder", "")), bool(b.get("read_only", False)),
+                _number(b, "expires_s", 86400.0), int(_number(b, "uses", 1)),
+            )
+        )
+
+    async def revoke(request: web.Request) -> web.Response:
+        b = await _json_body(request)
+        return web.json_response(control.invites.revoke(int(_number(b, "id", 0))))
+
+    async def join(request: web.Request) -> web.Response:
+        b = await _json_body(request)
+        return web.json_response(await control.join(str(b.get("text", "")), _number(b, "timeout", 60.0)))
+
     async def shutdown(_: web.Request) -> web.Response:
         control.shutdown()
         return web.json_response({"ok": True})
@@ -102,9 +124,30 @@ def make_app(control: Control, token: str) -> web.Application:
             web.post("/rest/scan", scan),
             web.post("/rest/resume", resume),
             web.post("/rest/shutdown", shutdown),
+            web.get("/rest/invites", invites),
+            web.post("/rest/invites", invite),
+            web.post("/rest/invites/revoke", revoke),
+            web.post("/rest/join", join),
         ]
     )
     return app
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise SyncerError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise SyncerError("the request body must be a JSON object")
+    return body
+
+
+def _number(body: dict[str, Any], key: str, default: float) -> float:
+    v = body.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SyncerError(f"{key} must be a number")
+    return float(v)
 
 
 class ApiServer:
