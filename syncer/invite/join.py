@@ -253,6 +253,8 @@ class Joiner:
             data = await stream.read(ex.MAX_FRAME)
             if not data:
                 log.info("join: %s closed the connection", stream.peer.short)
+                if x.state is ex.State.AWAIT_CHALLENGE:
+                    self._closed_at_once(cand)
                 return None
             for event in x.receive(data):
                 if isinstance(event, ex.Welcomed):
@@ -271,6 +273,18 @@ class Joiner:
             if out:
                 await stream.write(out)
         return None
+
+    def _closed_at_once(self, cand: Candidate) -> None:
+        """The device hung up on our Join: its pairing gate treats us as a stranger, which it
+        does when it has no active invite at all."""
+        why = (
+            "the inviting device closed the connection without answering: it has no active invite "
+            "now (used, expired, revoked or closed after 3 wrong codes: see `syncer invites` there); "
+            "ask for a new invite"
+        )
+        self.last_refusal = self.last_refusal or why
+        if self.link is not None and cand.device == self.link.device:
+            raise JoinError(why)
 
     def _refused(self, stream: Stream, event: ex.WasRefused) -> None:
         if event.code == ex.UNKNOWN and self.link is None:
