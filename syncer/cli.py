@@ -19,9 +19,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from syncer.commands import basic, daemon, discovery, folders, invite, peers, relay
+    from syncer.commands import basic, daemon, discovery, folders, invite, peers, relay, service
 
-    for module in (basic, folders, peers, invite, daemon, discovery, relay):
+    for module in (basic, folders, peers, invite, daemon, service, discovery, relay):
         app.registered_commands.extend(module.app.registered_commands)
         app.registered_groups.extend(module.app.registered_groups)
 
