@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -90,6 +91,8 @@ def test_invite_then_join_pairs_both_ways_and_syncs_and_a_used_code_is_refused(t
         assert "paired with a" in r.stdout and "joined folder 'Photos' (ph-1)" in r.stdout
         # paired both ways without a device ID typed anywhere, and the folder syncs
         wait_until(lambda: a.connected_to(b) and b.connected_to(a), 30, "a and b connected")
+        devices = a.syncer("devices", check=True).stdout  # "since" is a local date, not an epoch float
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d \(\d+s ago\)", devices) and not re.search(r"\d{9,}\.\d", devices)
         wait_same(src, tmp_path / "b-photos")
         (tmp_path / "b-photos" / "from-b.txt").write_text("back")
         wait_until(lambda: (src / "from-b.txt").exists(), 60, "b's file at a")
