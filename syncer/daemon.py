@@ -249,9 +249,13 @@ class Daemon:
             stream.abort()
             return
         dev = self.config.device(peer)
-        if dev is None and expected is None and await self.invites.handle(stream):
-            return  # an invite exchange (the only thing an unpaired device may do, and only then)
-        dev = self.config.device(peer)  # (the exchange may have paired it: it reconnects anew)
+        if expected is None and self.invites.accepting():
+            # while an invite is active, an inbound device may speak the invite exchange
+            # (the only thing an unpaired one may do); else it goes on as before
+            screened = await self.invites.handle(stream, paired=dev is not None)
+            if screened is None:
+                return  # it did: that connection is over; paired now, it connects anew
+            stream = screened
         if dev is None:
             log.info("connection from unpaired device %s at %s refused", peer, stream.remote_address)
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from syncer.api import client
+from syncer.config import edit_config
 from syncer.discovery.lan import encode_keyed_beacon
 from syncer.identity import load_or_create
 from syncer.invite.code import InviteCode
@@ -38,10 +39,15 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def configure(node: Node, **settings: object) -> None:
+    """Settings written in-process (a `syncer config set` per key costs a Python start)."""
+    with edit_config(node.home / "config.toml") as cfg:
+        for key, value in settings.items():
+            cfg.set(key, value)
+
+
 def lan_on(node: Node, port: int) -> None:
-    node.syncer("config", "set", "discovery.lan.enabled", "true", check=True)
-    node.syncer("config", "set", "discovery.lan.port", str(port), check=True)
-    node.syncer("config", "set", "discovery.lan.address", "127.255.255.255", check=True)
+    configure(node, **{"discovery.lan.enabled": True, "discovery.lan.port": port, "discovery.lan.address": "127.255.255.255"})
 
 
 def photos(node: Node, root: Path) -> Path:

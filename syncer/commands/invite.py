@@ -30,7 +30,7 @@ JOIN_TIMEOUT = 60.0
 
 
 def _store() -> InviteStore:
-    return InviteStore(common.paths().state_dir / "invites.json")
+    return InviteStore(common.paths().invites_file)
 
 
 def _api(method: str, path: str, body: Any = None, timeout: float = client.TIMEOUT) -> Any:

@@ -30,7 +30,7 @@ from syncer.invite.code import JoinLink
 from syncer.invite.pairing import pair_for_folder
 from syncer.invite.store import ACTIVE, Invite, InviteError, InviteStore
 from syncer.net.admission import KeyedRateLimit, source_key
-from syncer.net.transport import Address, Stream, TransportError
+from syncer.net.transport import READ_SIZE, Address, Stream, TransportError
 from syncer.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,44 @@ def _ip(address: str) -> str:
         return address
 
 
+class _Replay(Stream):
+    """A stream whose first bytes were read already: `read()` returns them first."""
+
+    def __init__(self, inner: Stream, prefix: bytes) -> None:
+        self.inner, self.prefix = inner, prefix
+        self.transport, self.peer, self.remote_address = inner.transport, inner.peer, inner.remote_address
+
+    async def read(self, max_bytes: int = READ_SIZE) -> bytes:
+        if self.prefix:
+            out, self.prefix = self.prefix[:max_bytes], self.prefix[max_bytes:]
+            return out
+        return await self.inner.read(max_bytes)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.write(data)
+
+    async def writelines(self, chunks: list[bytes]) -> None:
+        await self.inner.writelines(chunks)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def peer_accepted(self) -> None:
+        self.inner.peer_accepted()
+
+    def align_reads(self, limit: int) -> None:
+        align = getattr(self.inner, "align_reads", None)
+        if align is not None:
+            align(limit)
+
+
 class InviteService:
     def __init__(self, host: Host) -> None:
         self.host = host
-        self.store = InviteStore(host.paths.state_dir / "invites.json")
+        self.store = InviteStore(host.paths.invites_file)
         self.gate = HandshakeGate()
         self._advertised: set[bytes] = set()
         self._wake = asyncio.Event()
@@ -152,22 +186,28 @@ class InviteService:
             self._wake.clear()
 
     # the exchange -----------------------------------------------------------------------
-    async def handle(self, stream: Stream) -> bool:
-        """Run the invite exchange with an unpaired device. False: it is not an invite attempt
-        (or not admitted): the caller treats it as any unpaired device."""
+    async def handle(self, stream: Stream, paired: bool = False) -> Stream | None:
+        """Screen an inbound stream while an invite is active: run the invite exchange if the
+        device speaks it (None: handled, closed). Otherwise give back a stream to go on with
+        (replaying the bytes read here): for an unpaired device the caller refuses it as any
+        stranger; a paired device goes on to its wire session."""
         if not self.accepting():
-            return False
-        if not self.gate.admit(_ip(stream.remote_address), time.monotonic()):
+            return stream
+        if not paired and not self.gate.admit(_ip(stream.remote_address), time.monotonic()):
             log.info("invite handshake from %s at %s refused: too many at once", stream.peer.short, stream.remote_address)
-            return False
+            return stream
+        admitted = not paired
         try:
             first = await self._read_preamble(stream)
-            if first is None:
-                return False
+            if not first or not ex.sniff(first):
+                return _Replay(stream, first or b"")
+            if not admitted:
+                if not self.gate.admit(_ip(stream.remote_address), time.monotonic()):
+                    stream.abort()
+                    return None
+                admitted = True
             exchange = ex.InviterExchange(self.host.device_id.raw, stream.peer.raw)
             events = exchange.receive(first)
-            if exchange.state is ex.State.FAILED and not exchange.data_to_send():
-                return False
             log.info("invite attempt from %s at %s", stream.peer.short, stream.remote_address)
             try:
                 async with asyncio.timeout(EXCHANGE_TIMEOUT):
@@ -176,22 +216,25 @@ class InviteService:
                 log.info("invite exchange with %s ended: %s", stream.peer.short, e or type(e).__name__)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stream.close(), 2)
-            return True
+            return None
         finally:
-            self.gate.done()
+            if admitted:
+                self.gate.done()
 
-    async def _read_preamble(self, stream: Stream) -> bytes | None:
+    async def _read_preamble(self, stream: Stream) -> bytes:
+        """The first bytes, until they tell whether this is the invite protocol (or the peer
+        went quiet for PREAMBLE_TIMEOUT: a paired device sends its Hello at once)."""
         got = b""
         try:
             async with asyncio.timeout(PREAMBLE_TIMEOUT):
                 while ex.sniff(got) is None:
                     data = await stream.read(ex.MAX_FRAME)
                     if not data:
-                        return None
+                        break
                     got += data
         except TimeoutError:
-            return None
-        return got if ex.sniff(got) else None
+            pass
+        return got
 
     async def _drive(self, stream: Stream, exchange: ex.InviterExchange, events: list[ex.Event]) -> None:
         invite: Invite | None = None
