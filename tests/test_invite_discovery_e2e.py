@@ -18,6 +18,7 @@ from tests.test_relay_invites_e2e import relay_process
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow
 def test_join_with_only_the_code_through_a_tracker_then_the_dht(tmp_path):
     with server("tracker", "--interval", "10") as tport, server("dht-node") as dport, cluster(tmp_path, "a", "b") as (a, b):
         tracker = {"discovery.tracker.enabled": True, "discovery.tracker.urls": [f"http://127.0.0.1:{tport}/announce"]}

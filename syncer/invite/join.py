@@ -84,8 +84,9 @@ class Finder:
     device_id: DeviceId
     discovery: DiscoveryService | None = None  # the daemon's, when it runs the join
     port: int = 22000  # ours, as trackers want one
-    _own: list[object] = field(default_factory=list)
+    _own: list[LanDiscovery | DhtNode] = field(default_factory=list)  # parts started for this join
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _lan: LanDiscovery | None = None
 
     async def start(self, key: bytes, found: OnCandidate) -> None:
         cfg, disc = self.config, self.discovery
@@ -123,12 +124,11 @@ class Finder:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        lan = getattr(self, "_lan", None)
-        if lan is not None:
-            lan.unwatch(key)
+        if self._lan is not None:
+            self._lan.unwatch(key)
         for part in self._own:
             with contextlib.suppress(Exception):
-                await part.stop()  # type: ignore[attr-defined]
+                await part.stop()
 
     async def _lan_queries(self, lan: LanDiscovery, key: bytes) -> None:
         while True:
@@ -171,7 +171,7 @@ class Joiner:
         self.name, self.addresses, self.finder = name, addresses, finder
         self.relays = relays or {}
         self._queue: asyncio.Queue[Candidate] = asyncio.Queue()
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: set[tuple[str, str, str]] = set()  # (kind, url, device) tried or queued
         self._devices: set[DeviceId] = set()
         self.tried: list[str] = []
         self.pake_failures = 0
@@ -191,8 +191,9 @@ class Joiner:
             link_relays = [a for a in (self.link.addresses if self.link else ()) if a.startswith("relay://")]
             attempts += plan(link_relays, list(self.relays) + self.config.get("relays"), nat_enabled=False)
         for a in attempts:
-            if (a.kind, a.url, str(device)) not in self._seen:  # type: ignore[comparison-overlap]
-                self._seen.add((a.kind, a.url, str(device)))  # type: ignore[arg-type]
+            seen = (a.kind, a.url, str(device))
+            if seen not in self._seen:
+                self._seen.add(seen)
                 self._queue.put_nowait(Candidate(a, device, source))
 
     async def run(self, timeout: float = JOIN_TIMEOUT) -> JoinResult:
