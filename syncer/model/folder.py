@@ -65,6 +65,7 @@ HASH_IN_THREAD = 64 << 10  # blocks at least this big are verified off the event
 TEMP_KEEP_S = 24 * 3600  # an unneeded download temp file is removed after this long untouched
 MANY_CHANGES = 5000  # beyond this many need changes at once the puller gets a summary
 RETRY_BASE = 5.0
+RETRY_SLACK = 0.05  # a retry pass starts this late: the DB compares wall-clock times
 RETRY_MAX = 3600.0
 DISK_RETRY_MAX = 60.0  # disk full: look again at least this often
 PRUNE_INTERVAL = 24 * 3600.0
@@ -560,13 +561,22 @@ class FolderRuntime:
 
     async def _load(self, a: LoadNeed) -> None:
         devices = self.sharing()
+        now_wall, now = self.clock.time(), self.clock.monotonic()
+
+        def page() -> tuple[list[Any], bool, float | None]:
+            rows, exhausted = self.need.page(self.db, devices, a.after, a.inclusive, a.limit, now_wall)
+            # at the end of a pass, when entries wait for a retry: the next pass starts then
+            nxt = self.db.next_retry(self.id, now_wall) if exhausted else None
+            return rows, exhausted, nxt
+
         try:
-            now = self.clock.time()
-            rows, exhausted = await self.run_in_worker(lambda: self.need.page(self.db, devices, a.after, a.inclusive, a.limit, now))
+            rows, exhausted, nxt = await self.run_in_worker(page)
         except BaseException:
             self.puller.need_loaded([], True)
             raise
         self.puller.need_loaded(rows, exhausted)
+        if nxt is not None:
+            self.puller.retry_due(now + (nxt - now_wall) + RETRY_SLACK)
         self._kick()
 
     async def _prepare(self, a: PrepareJobs) -> None:
@@ -660,7 +670,7 @@ class FolderRuntime:
                 for name, err, disk in failures
             ])
             nxt = db.next_retry(self.id, now_wall)
-            return None if nxt is None else now + (nxt - now_wall)
+            return None if nxt is None else now + (nxt - now_wall) + RETRY_SLACK
 
         retry_at = await self.run_in_worker(record)
         self.puller.retry_due(retry_at)

@@ -14,9 +14,10 @@ CREATE TABLE need (
     error TEXT NOT NULL DEFAULT '', -- why the last attempt failed
     failures INTEGER NOT NULL DEFAULT 0,
     retry_at REAL NOT NULL DEFAULT 0, -- wall clock: not attempted again before this
+    skip INTEGER NOT NULL DEFAULT 0, -- why it is deliberately not fetched (0: it is): see model/need.py
     PRIMARY KEY (folder, name)
 ) WITHOUT ROWID;
-CREATE INDEX need_order ON need (folder, kind, size, name);
+CREATE INDEX need_order ON need (folder, skip, kind, size, name);
 CREATE INDEX need_errors ON need (folder, name) WHERE error != '';
 
 -- the devices the need was computed against (it is recomputed when this changes)
@@ -36,3 +37,19 @@ CREATE TABLE counts (
 INSERT INTO counts (folder, what, files, bytes)
     SELECT folder, 'local', COUNT(*), COALESCE(SUM(size), 0) FROM files
     WHERE device = zeroblob(32) AND deleted = 0 GROUP BY folder;
+
+-- local rows this device keeps to itself: a receive-only folder's local changes (flags bit 1)
+ALTER TABLE files ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;
+
+-- conflict copies made here: which file, which copy, whose versions, when
+CREATE TABLE conflicts (
+    folder TEXT NOT NULL,
+    copy TEXT NOT NULL,
+    name TEXT NOT NULL,
+    loser INTEGER NOT NULL,      -- short id of the device whose version became the copy
+    winner INTEGER NOT NULL,     -- short id of the device whose version kept the name
+    loser_version BLOB NOT NULL,
+    winner_version BLOB NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (folder, copy)
+) WITHOUT ROWID;
