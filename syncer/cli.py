@@ -28,11 +28,13 @@ def _register() -> None:
         folderops,
         folders,
         gui,
+        invite,
         peers,
         relay,
+        service,
     )
 
-    for module in (basic, folders, folderops, peers, daemon, discovery, relay, doctor, gui, bt):
+    for module in (basic, folders, folderops, peers, invite, daemon, service, discovery, relay, doctor, gui, bt):
         app.registered_commands.extend(module.app.registered_commands)
         app.registered_groups.extend(module.app.registered_groups)
 

@@ -25,6 +25,8 @@ from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
 from syncer.events import EventLog
 from syncer.identity import load_or_create
+from syncer.invite.addresses import dialable
+from syncer.invite.service import InviteService
 from syncer.memtune import tune_malloc
 from syncer.model.sync import SyncModel
 from syncer.nat.assist import PeerAssist
@@ -116,6 +118,7 @@ class Daemon:
             names=self._name_of,
         )
         self.history = DialHistory()
+        self.invites = InviteService(self)
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -171,6 +174,7 @@ class Daemon:
                 log.warning("BitTorrent unavailable: %s", e)
                 self.bt = None
         self._spawn(self._dial_loop())
+        self._spawn(self.invites.run())
 
     def _start_nat(self) -> None:
         quic = next((lst for lst in self.listeners if isinstance(lst, QuicListener)), None)
@@ -214,6 +218,7 @@ class Daemon:
         except (OSError, SyncerError) as e:
             log.warning("discovery unavailable: %s", e)
             self.discovery = None
+        self.invites.discovery_restarted()
 
     def _discovered_address(self, device: DeviceId, address: str, source: str) -> None:
         if self.config.device(device) is None:
@@ -237,7 +242,7 @@ class Daemon:
         coordinated by its rendezvous; retries with backoff while the relay is unreachable."""
         backoff = Backoff()
         while True:
-            relay = RelayTransport(self.identity, url, accept=lambda d: self.config.device(d) is not None)
+            relay = RelayTransport(self.identity, url, accept=self._relay_accepts)
             try:
                 await relay.register(lambda s: self._handle_stream(s, None, "relayed"))
             except (TransportError, OSError) as e:
@@ -258,6 +263,11 @@ class Daemon:
                     log.warning("relay %s: hole punching unavailable: %s", url, e)
             self._wake_dialer.set()
             return
+
+    def _relay_accepts(self, device: DeviceId) -> bool:
+        """Relay invitations are answered for paired devices, and while an invite is active
+        for anyone (the pairing gate then admits only the invite exchange)."""
+        return self.config.device(device) is not None or self.invites.accepting()
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -311,6 +321,13 @@ class Daemon:
             stream.abort()
             return
         dev = self.config.device(peer)
+        if expected is None and self.invites.accepting():
+            # while an invite is active, an inbound device may speak the invite exchange
+            # (the only thing an unpaired one may do); else it goes on as before
+            screened = await self.invites.handle(stream, paired=dev is not None)
+            if screened is None:
+                return  # it did: that connection is over; paired now, it connects anew
+            stream = screened
         if dev is None:
             log.info("connection from unpaired device %s at %s refused", peer, stream.remote_address)
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
@@ -548,6 +565,25 @@ class Daemon:
 
     async def bt_dht_announce(self, info_hash: bytes, port: int) -> int:
         return await self._bt().dht_announce(info_hash, port)
+
+    # invites (syncer/invite/) ----------------------------------------------------------
+    def link_addresses(self) -> list[str]:
+        """Where a joiner can reach us: listeners as dialable addresses, then our relays."""
+        return dialable([listener.url for listener in self.listeners]) + list(self.relays)
+
+    async def join(self, text: str, timeout: float) -> dict[str, Any]:
+        """Run the joiner's side of an invite with this daemon's discovery and relays; the
+        CLI then writes the configuration (syncer/commands/invite.py)."""
+        from syncer.invite.code import parse_code_or_link
+        from syncer.invite.join import Finder, Joiner
+
+        code, link = parse_code_or_link(text)
+        finder = Finder(self.config, self.device_id, self.discovery, self._listen_port() or 22000)
+        joiner = Joiner(
+            self.identity, self.config, code, link, self.config.device_name,
+            self.link_addresses(), finder, self.relays,
+        )
+        return (await joiner.run(timeout)).to_json()
 
 
 class LostConnectionWrites(logging.Filter):

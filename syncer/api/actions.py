@@ -138,7 +138,7 @@ def edit_device(config_file: Path, device: str, name: Any = _KEEP, addresses: An
     with edit_config(config_file) as cfg:
         d = cfg.device(dev)
         if d is None:
-            raise ConfigError(f"device {dev} is not paired")
+            raise ConfigError(f"device {dev} is not paired (see `syncer devices`)")
         if name is not _KEEP:
             d.name = _name(name)
         if addresses is not _KEEP:
@@ -153,7 +153,7 @@ def unpair(config_file: Path, device: str) -> DeviceId:
     dev = DeviceId.parse(device)
     with edit_config(config_file) as cfg:
         if not cfg.remove_device(dev):
-            raise ConfigError(f"device {dev} is not paired")
+            raise ConfigError(f"device {dev} is not paired (see `syncer devices`)")
     return dev
 
 

@@ -256,6 +256,27 @@ class Handlers:
     async def ignore_test(self, r: web.Request) -> web.Response:
         return web.json_response(await self.c.ignore_test(r.match_info["id"], r.query.get("path", "")))
 
+    # --- invites (syncer/invite/) ---------------------------------------------------------
+    async def invites(self, _: web.Request) -> web.Response:
+        return web.json_response(self.c.daemon.invites.listing())
+
+    async def invite(self, r: web.Request) -> web.Response:
+        b = await _json_object(r)
+        return web.json_response(
+            self.c.daemon.invites.create(
+                str(b.get("folder", "")), bool(b.get("read_only", False)),
+                _number(b, "expires_s", 86400.0), int(_number(b, "uses", 1)),
+            )
+        )
+
+    async def revoke_invite(self, r: web.Request) -> web.Response:
+        b = await _json_object(r)
+        return web.json_response(self.c.daemon.invites.revoke(int(_number(b, "id", 0))))
+
+    async def join(self, r: web.Request) -> web.Response:
+        b = await _json_object(r)
+        return web.json_response(await self.c.daemon.join(str(b.get("text", "")), _number(b, "timeout", 60.0)))
+
     # --- BitTorrent publications (the daemon's seeding service) --------------------------------
     async def bt_status(self, _: web.Request) -> web.Response:
         return web.json_response(self.c.daemon.bt_status())
@@ -289,6 +310,13 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise SyncerError("the request body must be a JSON object")
     return body
+
+
+def _number(body: dict[str, Any], key: str, default: float) -> float:
+    v = body.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SyncerError(f"{key} must be a number")
+    return float(v)
 
 
 def _info_hash(body: dict[str, Any]) -> str:
@@ -360,6 +388,10 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", "/rest/gui/login-url", "login_url", "any"),
     ("POST", "/rest/gui/logout", "logout", "any"),
     ("GET", "/metrics", "metrics", "any"),
+    ("GET", "/rest/invites", "invites", "any"),
+    ("POST", "/rest/invites", "invite", "any"),
+    ("POST", "/rest/invites/revoke", "revoke_invite", "any"),
+    ("POST", "/rest/join", "join", "any"),
     ("GET", "/rest/bt/status", "bt_status", "any"),
     ("GET", "/rest/bt/publications", "bt_publications", "any"),
     ("POST", "/rest/bt/publish", "bt_publish", "any"),

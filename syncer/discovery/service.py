@@ -1,5 +1,10 @@
 """Discovery for the daemon: announces this device and finds paired devices through trackers,
-the DHT and LAN beacons, reporting each address found with its source."""
+the DHT and LAN beacons, reporting each address found with its source.
+
+Besides our device key, `advertise(key)` announces us under extra keys (invites) on all three
+until `withdraw(key)`: trackers every ADVERTISE_INTERVAL, the DHT every DHT_ADVERTISE_INTERVAL,
+LAN as keyed beacons (lan.py). Lookups under such keys go through the parts directly
+(`tracker.lookup_key`, `dht.get_peers`, `lan.watch` + `lan.query`)."""
 
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ FIRST_RETRY = 15.0  # an announce nobody took is retried after this, doubling
 FIRST_LOOKUP_DELAY = 0.5
 FIRST_LOOKUP_INTERVAL = 2.0
 DHT_STATE = "dht-nodes.json"  # the routing table between runs (JSON, 0600)
+ADVERTISE_INTERVAL = 60.0
+DHT_ADVERTISE_INTERVAL = 10 * 60.0
+MAX_EXTRA_KEYS = 64
 
 OnAddress = Callable[[DeviceId, str, str], None]
 
@@ -62,6 +70,9 @@ class DiscoveryService:
         self.last_lookup: float | None = None
         self.last_lookup_found = 0
         self.bootstraps = 0
+        self.extra_keys: dict[bytes, float] = {}  # advertised key -> when last announced on the DHT
+        self._wake_advertise = asyncio.Event()
+        self._dht_ready = asyncio.Event()  # bootstrapped: an announce can reach the closest nodes
 
     async def start(self) -> None:
         cfg = self.config
@@ -89,6 +100,38 @@ class DiscoveryService:
                 log.warning("LAN discovery unavailable: %s", e)
                 self.lan = None
         self._tasks.append(asyncio.ensure_future(self._lookup_loop()))
+        self._tasks.append(asyncio.ensure_future(self._advertise_loop()))
+
+    def advertise(self, key: bytes) -> None:
+        """Announce this device under `key` too (on every enabled part) until withdrawn."""
+        if key in self.extra_keys or len(self.extra_keys) >= MAX_EXTRA_KEYS:
+            return
+        self.extra_keys[key] = float("-inf")
+        if self.lan is not None:
+            self.lan.advertise(key)
+        self._wake_advertise.set()
+
+    def withdraw(self, key: bytes) -> None:
+        if self.extra_keys.pop(key, None) is None:
+            return
+        if self.lan is not None:
+            self.lan.withdraw(key)
+        if self.tracker is not None:
+            self._tasks.append(asyncio.ensure_future(self.tracker.announce_key(key, "stopped")))
+
+    async def _advertise_loop(self) -> None:
+        while True:
+            for key, dht_at in list(self.extra_keys.items()):
+                if self.tracker is not None:
+                    await self.tracker.announce_key(key, None)
+                now = asyncio.get_running_loop().time()
+                if self.dht is not None and self._dht_ready.is_set() and now - dht_at >= DHT_ADVERTISE_INTERVAL and key in self.extra_keys:
+                    with contextlib.suppress(Exception):
+                        await self.dht.announce(key, self.listen_port)
+                    self.extra_keys[key] = now
+            self._wake_advertise.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_advertise.wait(), ADVERTISE_INTERVAL)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -130,7 +173,11 @@ class DiscoveryService:
 
     async def _dht_announce_loop(self) -> None:
         assert self.dht is not None
-        await self.dht.bootstrap()
+        try:
+            await self.dht.bootstrap()
+        finally:
+            self._dht_ready.set()
+            self._wake_advertise.set()
         delay = FIRST_RETRY
         while True:
             took = 0
