@@ -211,21 +211,15 @@ def _add_folder(result: dict[str, Any], path: Path | None, selective: bool) -> P
         folder = FolderConfig(id=folder_id, path=str(root), label=result["label"] or root.name, devices=[str(device)])
         if old is not None and old.devices is not None:
             folder.devices = sorted(set(old.devices) | {str(device)})
-        _set_if_supported(folder, "type", "receive-only" if result["read_only"] else None)
-        _set_if_supported(folder, "selective", True if selective else None)
+        if result["read_only"]:
+            folder.type = "receive-only"
+        folder.selective = selective
         cfg.upsert_folder(folder)
     if pinned:
         print(f"note: folders {', '.join(pinned)} stay shared with the devices they had (not with the new one)", file=sys.stderr)
-    if selective and not hasattr(folder, "selective"):
-        print("note: this syncer has no selective sync yet; the whole folder will be fetched", file=sys.stderr)
     from syncer.commands.folders import _scan_with_progress
 
     _scan_with_progress(root, folder_id)
     return root
 
-
-def _set_if_supported(folder: FolderConfig, field: str, value: object) -> None:
-    # folder types and selective sync come with another part of issue 15 (FolderConfig fields)
-    if value is not None and hasattr(folder, field):
-        setattr(folder, field, value)
 
