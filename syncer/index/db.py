@@ -356,6 +356,23 @@ class IndexDB:
                     out[r[0]] = r[1:]
         return out
 
+    def scan_rows(self, folder: str, lo: str, hi: str | None, step: int = 4096) -> Iterator[tuple[str, int, int, int, int, int, int, str]]:
+        """The slim local rows of the scanner (name, type, size, mtime_ns, permissions, inode,
+        deleted, symlink_target) with lo <= name < hi, in name order, a page at a time: a
+        scan of a million files never holds them all (and no read transaction stays open while
+        it writes)."""
+        cols = "SELECT name, type, size, mtime_ns, permissions, inode, deleted, symlink_target FROM files WHERE folder=? AND device=?"
+        after, op = lo, ">="
+        while True:
+            if hi is None:
+                rows = self.conn.execute(cols + f" AND name{op}? ORDER BY name LIMIT ?", (folder, LOCAL, after, step)).fetchall()
+            else:
+                rows = self.conn.execute(cols + f" AND name{op}? AND name<? ORDER BY name LIMIT ?", (folder, LOCAL, after, hi, step)).fetchall()
+            yield from rows
+            if len(rows) < step:
+                return
+            after, op = rows[-1][0], ">"
+
     def get_many(self, folder: str, device: bytes, names: Iterable[str]) -> dict[str, FileInfo]:
         out: dict[str, FileInfo] = {}
         names = list(names)
@@ -480,6 +497,11 @@ class IndexDB:
             c.execute("DELETE FROM need_basis WHERE folder=?", (folder,))
 
         self._write(work)
+
+    def invalidate_need(self, folder: str) -> None:
+        """Local rows changed without the need being kept up to date (a scan by the CLI while
+        no daemon ran): the daemon recomputes it when it starts the folder."""
+        self._write(lambda c: c.execute("DELETE FROM need_basis WHERE folder=?", (folder,)))
 
     def need_basis(self, folder: str) -> bytes | None:
         r = self.conn.execute("SELECT devices FROM need_basis WHERE folder=?", (folder,)).fetchone()
