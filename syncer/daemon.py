@@ -21,6 +21,7 @@ from syncer.deviceid import DeviceId
 from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
 from syncer.identity import load_or_create
+from syncer.index.db import recover_if_damaged
 from syncer.memtune import tune_malloc
 from syncer.model.sync import SyncModel
 from syncer.nat.attempts import execute
@@ -92,6 +93,7 @@ class Daemon:
         self.api: ApiServer | None = None
         self.model: SyncModel | None = None
         self.discovery: DiscoveryService | None = None
+        self.notices: list[str] = []  # things the user must know about this run (status)
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -130,9 +132,24 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
+        await self._check_index()
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
         await self.model.start()
         self._spawn(self._dial_loop())
+
+    async def _check_index(self) -> None:
+        """A damaged index.db is moved aside and rebuilt by rescanning: the files on disk are
+        the truth, and peers send their indexes again (their index of ours has a new ID)."""
+        recovered = await asyncio.to_thread(recover_if_damaged, self.paths.index_db, time.time())
+        if recovered is None:
+            return
+        moved, reason = recovered
+        notice = (
+            f"index database was damaged ({reason}); moved aside to {moved.name}, "
+            "started a fresh index: every folder is rescanned and re-synced with its peers"
+        )
+        log.error("%s", notice)
+        self.notices.append(notice)
 
     def _listen_port(self) -> int:
         for listener in self.listeners:
@@ -387,6 +404,7 @@ class Daemon:
             "api": self.api.address if self.api else "",
             "folders": self.folders(),
             "devices": self.devices(),
+            "notices": list(self.notices),
         }
 
     async def reload(self) -> None:

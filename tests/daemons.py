@@ -57,16 +57,28 @@ class Node:
     def syncer(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run_syncer(self.home, *args, check=check, timeout=timeout)
 
-    def start(self, listen: list[str] | None = None, extra_env: dict[str, str] | None = None) -> Node:
+    def start(
+        self, listen: list[str] | None = None, extra_env: dict[str, str] | None = None, wrap: list[str] | None = None,
+        wait: bool = True,
+    ) -> Node:
+        """`wrap`: argv the daemon's command line is appended to (it must exec it, so the pid
+        stays the daemon's), e.g. to run it in a mount namespace of its own. `wait=False`
+        returns once the process is started, before its control API is up."""
         assert self.proc is None
-        args = [SYNCER or "syncer", "run", "--api", "127.0.0.1:0"]
+        args = [*(wrap or []), SYNCER or "syncer", "run", "--api", "127.0.0.1:0"]
         for url in listen or ["tcp://127.0.0.1:0"]:
             args += ["--listen", url]
         env = dict(os.environ, SYNCER_HOME=str(self.home), SYNCER_LOG_LEVEL="DEBUG", **(extra_env or {}))
         self.log = open(self.home / "daemon.log", "ab")
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / "api-address").unlink()  # left by a daemon that was killed
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._ready, 30, f"daemon {self.name} to start")
+        if wait:
+            self.wait_ready()
         return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_until(self._ready, timeout, f"daemon {self.name} to start")
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

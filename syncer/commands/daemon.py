@@ -114,6 +114,8 @@ def status(json: bool = common.JsonOption) -> None:
     c = Console(width=200)
     c.print(f"device {data['device_id']} ({data['name']}), pid {data['pid']}, up {data['uptime_s']:.0f}s")
     c.print("listening on " + ", ".join(data["listen"]) + f"; API {data['api']}")
+    for notice in data.get("notices", []):
+        c.print(f"notice: {notice}", markup=False, highlight=False)
     if data.get("folders"):
         t = Table("folder", "label", "state", "complete", "need", "path")
         for f in data["folders"]:
