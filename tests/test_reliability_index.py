@@ -8,11 +8,13 @@ import random
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from syncer.index.db import CorruptIndex, IndexDB, is_corruption, recover_if_damaged
 from syncer.index.fileinfo import FileInfo, FileType
-from syncer.index.version import VersionVector
+from syncer.index.version import Ordering, VersionVector
+from syncer.model.globalstate import Need, global_version, need
 from tests.daemons import cluster, pair_all, wait_until
 from tests.faults import garble_pages, settle_wal, truncate_db
 from tests.syncfix import folder_status, share, transfer, tree, wait_same, wait_tree
@@ -35,6 +37,45 @@ def _filled_db(path: Path, n: int = 3000) -> None:
     db.update_local("f", _rows(n))
     db.close()
     settle_wal(path)
+
+
+# --- what a rebuilt index means for versions (pure) ---------------------------------------------
+A, B = 0xA000_0000_0000_0001, 0xB000_0000_0000_0002
+
+
+def _file(version, content=b"x", mtime=5, by=A) -> FileInfo:
+    blocks = (content * 32,) if content else ()
+    return FileInfo("f", FileType.FILE, len(content), mtime, 0o644, 131072, blocks, "",
+                    VersionVector.from_list(version), 0, False, by)
+
+
+def test_same_content_from_unrelated_histories_is_adopted_in_place():
+    # b rebuilt its index: its rescan says {b:1}, a still says {a:3}; same bytes
+    ours, theirs = _file([(B, 1)], by=B), _file([(A, 3)], by=A)
+    glob = global_version([ours, theirs])
+    assert glob is not None and ours.version.compare(theirs.version) is Ordering.CONCURRENT
+    loser = ours if glob is theirs else theirs
+    assert need(loser, glob) is Need.METADATA  # no download, no rewrite, no conflict copy
+    assert need(glob, glob) is Need.NOTHING
+    # a touch or chmod elsewhere: a newer version, same bytes
+    assert need(_file([(A, 1)]), _file([(A, 2)], mtime=9)) is Need.METADATA
+
+
+def test_different_content_still_conflicts_or_applies():
+    assert need(_file([(B, 1)], b"mine", mtime=1, by=B), _file([(A, 1)], b"theirs", mtime=2)) is Need.CONFLICT
+    assert need(_file([(A, 1)], b"old"), _file([(A, 2)], b"new")) is Need.APPLY
+    gone = msgspec.structs.replace(_file([(A, 2)], b""), deleted=True)
+    assert need(_file([(A, 1)]), gone) is Need.APPLY
+
+
+def test_counters_with_a_time_floor_outrun_a_lost_history():
+    # before the loss a holds b's version {a:1, b:3}; b restarts from an empty index
+    held = VersionVector.from_list([(A, 1), (B, 3)])
+    assert VersionVector().update(B).compare(held) is Ordering.LESSER  # plain +1: b's edit loses
+    fresh = VersionVector().update(B, floor=1_700_000_000)
+    assert fresh.compare(held) is Ordering.CONCURRENT  # an edit is never silently dominated
+    assert VersionVector.from_list([(B, 3)]).compare(VersionVector().update(B, floor=1_700_000_000)) is Ordering.LESSER
+    assert fresh.update(B, floor=1_700_000_000).counter(B) == 1_700_000_001  # still +1 within a second
 
 
 # --- the database layer -----------------------------------------------------------------------
@@ -91,6 +132,10 @@ def test_locked_or_busy_is_not_damage(tmp_path):
         holder.close()
     assert [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name] == []
     assert IndexDB(path).count("f")[0] == 3000
+
+
+def _versions(root: Path) -> list[Path]:
+    return sorted(p for p in (root / ".syncer" / "versions").rglob("*") if p.is_file())
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -151,8 +196,10 @@ def test_damaged_index_is_rebuilt_and_nothing_is_lost(tmp_path, damage):
         assert tree(da) == expected and tree(db_) == expected
         for d in (da, db_):
             assert [n for n in tree(d) if ".sync-conflict-" in n] == []
-            versions = d / ".syncer" / "versions"
-            assert not versions.exists() or not any(versions.rglob("*")), sorted(map(str, versions.rglob("*")))
+        # the trash can holds only what a real edit replaced: a's copy of b's first version
+        assert _versions(db_) == []
+        [old] = _versions(da)
+        assert old.name.startswith("b-edited~") and old.read_text() == "first version, written on b"
         assert transfer(b, a, FID)["bytes_in"] == 0  # counters of b's new run: nothing fetched
         st = folder_status(b, FID)
         assert st["local_files"] == folder_status(a, FID)["local_files"] and st["error"] == ""

@@ -90,7 +90,8 @@ def apply_batch(
     now: float,
 ) -> Outcome:
     """`finished`: (global, local, conflict, loser_short) for files whose temp file is complete;
-    `others`: (global, local) for directories, symlinks and deletions."""
+    `others`: (global, local) for directories, symlinks, deletions and files whose content we
+    already have (only their metadata changes)."""
     out = Outcome([], [], [], [])
     if finished:
         syncfs(root)
@@ -149,7 +150,15 @@ def _apply_other(root: Path, glob: FileInfo, local: FileInfo | None, now: float,
             path.rmdir()
         out.applied.append(glob)
         return
-    if glob.type == FileType.DIRECTORY:
+    if glob.type == FileType.FILE:
+        # same content as our copy (Need.METADATA): adopt the metadata in place, no rewrite
+        if not on_disk_matches(root, local, glob.name):
+            out.retry.append(glob.name)  # changed here and not yet scanned: the scan decides
+            return
+        os.chmod(path, safe_write.final_mode(glob.permissions))
+        os.utime(path, ns=(glob.mtime_ns, glob.mtime_ns), follow_symlinks=False)
+        out.applied.append(with_disk_identity(root, glob))
+    elif glob.type == FileType.DIRECTORY:
         if path.is_symlink() or path.is_file():
             if not on_disk_matches(root, local, glob.name):
                 out.retry.append(glob.name)

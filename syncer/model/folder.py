@@ -458,8 +458,8 @@ class FolderRuntime:
             glob, n = entry
             if name in self.jobs or name in self.finishing or name in self.applying or self.retry_at.get(name, 0) > now:
                 continue
-            if glob.deleted or glob.type != FileType.FILE:
-                others.append((glob, self.local.get(name)))
+            if glob.deleted or glob.type != FileType.FILE or n is Need.METADATA:
+                others.append((glob, self.local.get(name)))  # nothing to download
                 continue
             if len(self.jobs) + len(to_start) >= MAX_JOBS:
                 continue
