@@ -69,3 +69,18 @@ def mounted_on_host(path: Path) -> bool:
     target = str(path)
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == target for line in f)
+
+
+def open_deleted(node: Node) -> list[str]:
+    """Files the daemon of `node` holds open that were deleted (their space is not freed)."""
+    assert node.proc is not None
+    fds = Path(f"/proc/{node.proc.pid}/fd")
+    out = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.endswith(" (deleted)"):
+            out.append(target)
+    return sorted(out)
