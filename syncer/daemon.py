@@ -112,6 +112,7 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
+        await self._check_index()  # before anything can connect: nothing may wait on it
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
             transport = self.transports.get(scheme)
@@ -132,7 +133,6 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
-        await self._check_index()
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
         await self.model.start()
         self._spawn(self._dial_loop())
