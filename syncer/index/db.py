@@ -36,6 +36,13 @@ class IndexError_(SyncerError):
 class CorruptIndex(IndexError_):
     """The database file is damaged: not a database, malformed or missing pages."""
 
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(
+            f"index database {path} is damaged ({reason}); the daemon moves it aside and "
+            "rebuilds the index from the folders when it starts"
+        )
+        self.reason = reason
+
 
 # SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB (a locked,
 # busy or read-only database is not damaged)
@@ -134,7 +141,7 @@ class IndexDB:
         except sqlite3.DatabaseError as e:
             self.conn.close()
             if is_corruption(e):
-                raise CorruptIndex(f"index database {path} is damaged: {e}") from None
+                raise CorruptIndex(path, str(e)) from None
             raise IndexError_(f"index database {path}: {e}") from None
 
     def check(self) -> None:
@@ -150,11 +157,11 @@ class IndexDB:
             rows = self.conn.execute("PRAGMA quick_check(1)").fetchall()
         except sqlite3.DatabaseError as e:
             if is_corruption(e):
-                raise CorruptIndex(f"index database {self.path} is damaged: {e}") from None
+                raise CorruptIndex(self.path, str(e)) from None
             raise IndexError_(f"index database {self.path}: {e}") from None
         if rows != [("ok",)]:
             detail = " ".join(str(rows[0][0]).split()) if rows else "no result"
-            raise CorruptIndex(f"index database {self.path} is damaged: {detail[:200]}")
+            raise CorruptIndex(self.path, detail[:200])
 
     def close(self) -> None:
         self.conn.close()
@@ -393,16 +400,14 @@ def _check_header(path: Path) -> None:
     if not head:
         return  # empty: SQLite makes a new database of it
     if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
-        raise CorruptIndex(f"index database {path} is damaged: file is not a database")
+        raise CorruptIndex(path, "file is not a database")
     page_size = int.from_bytes(head[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(head[28:32], "big")
     # the in-header page count is valid only if written by the same change as the counter
     valid = head[24:28] == head[92:96] and pages > 0
     if valid and size < pages * page_size and not _has_wal(path):
-        raise CorruptIndex(
-            f"index database {path} is damaged: {size} bytes, its header says {pages} pages of {page_size}"
-        )
+        raise CorruptIndex(path, f"truncated: {size} bytes, its header says {pages} pages of {page_size}")
 
 
 def _has_wal(path: Path) -> bool:
@@ -445,7 +450,7 @@ def recover_if_damaged(path: Path, now: float) -> tuple[Path, str] | None:
             db.close()
         return None
     except CorruptIndex as e:
-        reason = str(e).rpartition(" is damaged: ")[2] or str(e)
+        reason = e.reason
     moved = move_aside(path, now)
     IndexDB(path).close()
     return moved, reason
