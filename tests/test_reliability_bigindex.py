@@ -122,11 +122,11 @@ def test_index_of_1000_files_of_256_mib_reaches_the_peer_and_syncs(tmp_path):
             return s["need_files"] + arrived == REAL and s["local_files"] >= FILES - REAL + 2 + arrived
 
         try:
-            wait_until(all_of_a_known, 60, "a's index of 1,000 x 256 MiB at b")
+            wait_until(all_of_a_known, 45, "a's index of 1,000 x 256 MiB at b")
         except AssertionError as e:
             raise AssertionError(f"{e}; b's status: {seen[0]}") from None
         # b's whole index at a: b's own file, the last entry, arrives
-        wait_until(lambda: (da / "from-b.txt").exists(), 60, "b's index of 997 x 256 MiB + 1 at a")
+        wait_until(lambda: (da / "from-b.txt").exists(), 45, "b's index of 997 x 256 MiB + 1 at a")
         assert (da / "from-b.txt").read_text() == "b's own file, last in b's index"
         # and the 3 real files sync: 768 MiB fetched and verified block by block
         wait_until(lambda: (s := folder_status(b, FID))["need_files"] == 0 and s["state"] == "idle", 120,

@@ -16,7 +16,7 @@ from tests.syncfix import folder_status, share, transfer, tree
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 FID = "bulk-1234"
 SIZE = 256 << 20
-STALL_S = 30.0  # no byte moving either way for this long: stuck
+STALL_S = 20.0  # no byte moving either way for this long: stuck
 DEADLINE_S = 240.0
 
 

@@ -90,7 +90,7 @@ def test_disk_full_is_reported_bounded_and_resumes(tmp_path):
                 have = tree(seen)
                 return all(have.get(n) == h for n, h in smalls.items()) and any(have.get(n) == want[n] for n in ("big1.bin", "big2.bin"))
 
-            wait_until(fitting_synced, 60, "the files that fit to be synced despite the full disk")
+            wait_until(fitting_synced, 45, "the files that fit to be synced despite the full disk")
             # 3. no log storm: count the lines about the full disk over a fixed window (an
             # observation period, not a wait for some state)
             wait_until(lambda: time.time() > first + WINDOW_S, WINDOW_S + 5, "the observation window to pass")

@@ -185,8 +185,8 @@ def test_damaged_index_is_rebuilt_and_nothing_is_lost(tmp_path, damage):
         assert "index database was damaged" in b.log_text()
 
         expected = dict(before, **{"b-edited.txt": tree(db_)["b-edited.txt"]})
-        wait_tree(db_, expected, what="b re-synced")
-        wait_tree(da, expected, what="b's edit on a")
+        wait_tree(db_, expected, 45, "b re-synced")  # seconds when it works: a failure waits less
+        wait_tree(da, expected, 45, "b's edit on a")
         assert (da / "b-edited.txt").read_text() == edited
         for n in (a, b):
             wait_until(lambda n=n: folder_status(n, FID)["state"] == "idle" and folder_status(n, FID)["need_files"] == 0,
