@@ -53,14 +53,15 @@ def in_process(mib: int) -> None:
 
 
 class _Server:
-    """Answers every Request with a Piece, as the daemon's `_on_request` does."""
+    """Answers every Request with a Piece, as the daemon's block server does (queued; the
+    session's writer sends it)."""
 
     def __init__(self, payload: bytes, total: int) -> None:
         self.payload, self.left = payload, total
 
-    async def on_message(self, session: PeerSession, msg: Message) -> None:
+    def on_message(self, session: PeerSession, msg: Message) -> None:
         if isinstance(msg, Request):
-            await session.send_piece(msg.id, self.payload)
+            session.send_piece(msg.id, self.payload)
             self.left -= len(self.payload)
 
 
@@ -73,23 +74,23 @@ class _Client:
         self.next_id, self.blocks = 1, total // BLOCK
         self.done = asyncio.Event()
 
-    async def refill(self) -> None:
+    def refill(self) -> None:
         reqs: list[Message] = []
         while self.inflight < WINDOW and self.next_id <= self.blocks:
             reqs.append(Request(self.next_id, "f", "x", self.next_id, 0, BLOCK, b"h" * 32))
             self.next_id += 1
             self.inflight += 1
         if reqs:
-            await self.session.send_many(reqs)
+            self.session.send_many(reqs)
 
-    async def on_message(self, session: PeerSession, msg: Message) -> None:
+    def on_message(self, session: PeerSession, msg: Message) -> None:
         if isinstance(msg, Piece):
             self.got += len(msg.data)
             self.inflight -= 1
             if self.got >= self.total:
                 self.done.set()
             elif self.inflight * 4 < WINDOW * 3:
-                await self.refill()
+                self.refill()
 
 
 def _server(home: str, mode: str, q: mp.Queue, total: int) -> None:
@@ -138,7 +139,7 @@ async def _client(home: str, url: str, mode: str, total: int) -> float:
         session.handler = client
         await session.handshake()
         runner = asyncio.ensure_future(session.run())
-        await client.refill()
+        client.refill()
         await asyncio.wait(
             [runner, asyncio.ensure_future(client.done.wait())], return_when=asyncio.FIRST_COMPLETED
         )

@@ -19,9 +19,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from syncer.commands import basic, daemon, discovery, folders, peers, relay
+    from syncer.commands import basic, bt, daemon, discovery, folders, gui, peers, relay
 
-    for module in (basic, folders, peers, daemon, discovery, relay):
+    for module in (basic, folders, peers, daemon, discovery, relay, gui, bt):
         app.registered_commands.extend(module.app.registered_commands)
         app.registered_groups.extend(module.app.registered_groups)
 

@@ -24,6 +24,7 @@ from syncer.deviceid import DeviceId
 from syncer.errors import ConfigError, InvalidDeviceId
 
 ADDRESS_SCHEMES = ("tcp", "quic", "relay")
+FOLDER_TYPES = ("send-receive", "send-only", "receive-only")
 
 
 def _is_address(v: str) -> bool:
@@ -78,6 +79,19 @@ SETTINGS: dict[str, Setting] = {
             "control API HOST:PORT (port 0 = any free port)",
             _is_hostport,
             "must be HOST:PORT",
+        ),
+        Setting(
+            "api.password",
+            str,
+            "",
+            "password for the web UI's login page; required to listen beyond loopback",
+        ),
+        Setting(
+            "api.allowed_hosts",
+            list,
+            [],
+            "Host header names the API accepts besides loopback names (DNS-rebinding guard; "
+            "'*' = any)",
         ),
         Setting("discovery.tracker.enabled", bool, True, "announce to and query trackers"),
         Setting(
@@ -153,6 +167,15 @@ SETTINGS: dict[str, Setting] = {
             bool,
             True,
             "never choke paired devices sharing a folder",
+        ),
+        Setting("bt.enabled", bool, True, "seed publications over BitTorrent (syncer publish)"),
+        Setting(
+            "bt.listen",
+            str,
+            "0.0.0.0:6881",
+            "BitTorrent peer-wire TCP HOST:PORT (its own port, apart from the sync protocol; 0 = any)",
+            _is_hostport,
+            "must be HOST:PORT",
         ),
         Setting("watch.enabled", bool, True, "watch folders for changes"),
         Setting(
@@ -244,6 +267,7 @@ class DeviceConfig:
     id: str
     name: str = ""
     addresses: list[str] = field(default_factory=list)
+    paused: bool = False  # neither dialed nor accepted until resumed
 
     @property
     def device_id(self) -> DeviceId:
@@ -258,6 +282,9 @@ class FolderConfig:
     # None = shared with every paired device; otherwise only these device IDs
     devices: list[str] | None = None
     paused: bool = False
+    type: str = "send-receive"  # send-receive | send-only | receive-only
+    selective: bool = False  # only `selected` paths are fetched (metadata of everything is kept)
+    selected: list[str] = field(default_factory=list)
 
     def shared_with(self, device: DeviceId | str, paired: list[DeviceConfig]) -> bool:
         d = str(device)
@@ -312,6 +339,7 @@ class Config:
                 id=str(d["id"]),
                 name=str(d.get("name", "")),
                 addresses=[str(a) for a in d.get("addresses", [])],
+                paused=bool(d.get("paused", False)),
             )
             for d in self.doc.get("devices", [])
         ]
@@ -328,10 +356,14 @@ class Config:
                 )
         if "devices" not in self.doc:
             self.doc["devices"] = tomlkit.aot()
-        table = {"id": dev.id, "name": dev.name, "addresses": dev.addresses}
+        table: dict[str, Any] = {"id": dev.id, "name": dev.name, "addresses": dev.addresses}
+        if dev.paused:
+            table["paused"] = True
         for t in self.doc["devices"]:
             if t["id"] == dev.id:
                 t.update(table)
+                if not dev.paused and "paused" in t:
+                    del t["paused"]
                 return
         self.doc["devices"].append(table)
 
@@ -357,6 +389,9 @@ class Config:
                     label=str(f.get("label", "")),
                     devices=None if devs is None else [str(x) for x in devs],
                     paused=bool(f.get("paused", False)),
+                    type=str(f.get("type", "send-receive")),
+                    selective=bool(f.get("selective", False)),
+                    selected=[str(x) for x in f.get("selected", [])],
                 )
             )
         return out
@@ -373,6 +408,11 @@ class Config:
             "label": folder.label,
             "paused": folder.paused,
         }
+        if folder.type != "send-receive":
+            table["type"] = folder.type
+        if folder.selective:
+            table["selective"] = True
+            table["selected"] = folder.selected
         if folder.devices is not None:
             table["devices"] = folder.devices
         for t in self.doc["folders"]:
@@ -404,6 +444,8 @@ class Config:
         for f in self.doc.get("folders", []):
             if "id" not in f or "path" not in f:
                 raise ConfigError(f"{self.path}: a [[folders]] entry needs id and path")
+            if str(f.get("type", "send-receive")) not in FOLDER_TYPES:
+                raise ConfigError(f"{self.path}: folder {f['id']}: type must be one of {', '.join(FOLDER_TYPES)}")
 
 
 def _plain(node: Any) -> Any:
@@ -428,7 +470,8 @@ def save_config(cfg: Config) -> None:
     cfg.check()
     cfg.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = cfg.path.with_name(f".{cfg.path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private, like the key
+    with open(fd, "w", encoding="utf-8") as f:
         f.write(tomlkit.dumps(cfg.doc))
         f.flush()
         os.fsync(f.fileno())

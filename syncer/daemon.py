@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from syncer import __version__
-from syncer.api.server import ApiServer, load_or_create_token
+from syncer import events as ev
+from syncer.api.control import DaemonControl
+from syncer.api.server import ApiServer, check_listen, load_or_create_token
+from syncer.bt.service import BtService
 from syncer.config import Config, load_config
 from syncer.deviceid import DeviceId
 from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
+from syncer.events import EventLog
 from syncer.identity import load_or_create
 from syncer.index.db import recover_if_damaged
 from syncer.memtune import tune_malloc
@@ -28,6 +32,7 @@ from syncer.nat.attempts import execute
 from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
 from syncer.nat.rendezvous import PunchResponder
 from syncer.net.backoff import Backoff
+from syncer.net.fdlimit import raise_open_files_limit
 from syncer.net.quic import QuicTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
@@ -93,6 +98,10 @@ class Daemon:
         self.api: ApiServer | None = None
         self.model: SyncModel | None = None
         self.discovery: DiscoveryService | None = None
+        self.events = EventLog()
+        self.control = DaemonControl(self, self.events)
+        self.last_seen: dict[str, float] = {}  # device id -> wall time its last connection ended
+        self.bt: BtService | None = None
         self.notices: list[str] = []  # things the user must know about this run (status)
 
     # lifecycle -------------------------------------------------------------
@@ -112,7 +121,15 @@ class Daemon:
             await self._shutdown()
 
     async def _start(self) -> None:
-        await self._check_index()  # before anything can connect: nothing may wait on it
+        api_host, _, api_port = (self._api_override or self.config.get("api.address")).rpartition(":")
+        check_listen(api_host, self.config.get("api.password"))
+        self.events.emit(ev.STARTING, device_id=str(self.device_id))
+        await self._check_index()  # before the model and anything else opens the index
+        # the model first: from the moment a listener accepts, every session has its handler
+        # (folders finish starting, scans included, in the background)
+        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store, events=self.events)
+        self.control.start()
+        await self.model.start()
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
             transport = self.transports.get(scheme)
@@ -123,9 +140,8 @@ class Daemon:
             self.listeners.append(listener)
             log.info("listening on %s", listener.url)
         token = load_or_create_token(self.paths.api_token_file)
-        self.api = ApiServer(self, token)
-        host, _, port = (self._api_override or self.config.get("api.address")).rpartition(":")
-        address = await self.api.start(host, int(port))
+        self.api = ApiServer(self.control, token)
+        address = await self.api.start(api_host, int(api_port), self.config.get("api.password"))
         tmp = self.paths.api_address_file.with_suffix(".tmp")
         tmp.write_text(address)
         os.replace(tmp, self.paths.api_address_file)
@@ -133,8 +149,13 @@ class Daemon:
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
         await self._start_discovery()
-        self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store)
-        await self.model.start()
+        if self.config.get("bt.enabled"):
+            self.bt = BtService(self.paths.state_dir, self.config.get("bt.listen"), lambda: self.discovery.dht if self.discovery else None)
+            try:
+                await self.bt.start()
+            except (OSError, SyncerError) as e:
+                log.warning("BitTorrent unavailable: %s", e)
+                self.bt = None
         self._spawn(self._dial_loop())
 
     async def _check_index(self) -> None:
@@ -184,7 +205,7 @@ class Daemon:
         coordinated by its rendezvous; retries with backoff while the relay is unreachable."""
         backoff = Backoff()
         while True:
-            relay = RelayTransport(self.identity, url)
+            relay = RelayTransport(self.identity, url, accept=lambda d: self.config.device(d) is not None)
             try:
                 await relay.register(lambda s: self._handle_stream(s, None, "relayed"))
             except (TransportError, OSError) as e:
@@ -209,6 +230,8 @@ class Daemon:
     async def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.paths.api_address_file.unlink()
+        if self.bt is not None:
+            await self.bt.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         for responder in self.responders:
@@ -227,7 +250,9 @@ class Daemon:
             await self.model.stop()
         if self.api:
             await self.api.stop()
+        await self.control.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.pending_store.flush()
         log.info("stopped")
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -257,7 +282,13 @@ class Daemon:
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
             stream.abort()
             return
-        session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None)
+        if dev.paused:
+            log.info("connection from paused device %s refused", peer.short)
+            stream.abort()
+            return
+        stream.peer_accepted()  # a paired device: out of the transport's pre-auth budget
+        recv_limit = self.model.recv_bucket if self.model is not None else None
+        session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None, recv_limit=recv_limit)
         try:
             await asyncio.wait_for(session.handshake(), HELLO_TIMEOUT)
         except (TimeoutError, SessionClosed, ConnectionError, OSError) as e:
@@ -277,9 +308,10 @@ class Daemon:
         self.backoff.setdefault(peer, Backoff()).succeeded()
         self.upgrades.setdefault(peer, UpgradePolicy()).connected(Route[route.upper()], time.monotonic())
         log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, info.label, stream.remote_address)
+        self.events.emit(ev.DEVICE_CONNECTED, device=str(peer), name=session.remote_name, transport=info.label, route=route, address=stream.remote_address)
         if self.model is not None:
             session.handler = self.model
-            await self.model.on_connected(session)
+            self.model.on_connected(session)
         try:
             await session.run()
         finally:
@@ -289,6 +321,8 @@ class Daemon:
                 del self.sessions[peer]
                 self.upgrades.setdefault(peer, UpgradePolicy()).disconnected()
                 log.info("disconnected from %s: %s", peer.short, session.close_reason)
+                self.last_seen[str(peer)] = time.time()
+                self.events.emit(ev.DEVICE_DISCONNECTED, device=str(peer), reason=session.close_reason)
                 self._wake_dialer.set()
 
     # dialer ------------------------------------------------------------------
@@ -313,7 +347,7 @@ class Daemon:
                 self.discovery.set_wanted([d.device_id for d in self.config.devices if d.device_id not in self.sessions])
             for dev in self.config.devices:
                 device = dev.device_id
-                if device in self.dialing:
+                if device in self.dialing or dev.paused:
                     continue
                 if device in self.sessions:
                     # connected over a punched or relayed route: now and then try better ones
@@ -414,12 +448,12 @@ class Daemon:
             log.error("config not reloaded: %s", e)
             raise
         self.config = cfg
-        paired = {d.device_id for d in cfg.devices}
-        for device in paired:
-            self.pending_store.forget_device(str(device))
+        for d in cfg.devices:
+            self.pending_store.forget_device(d.id)
+        paired = {d.device_id for d in cfg.devices if not d.paused}
         for device, session in list(self.sessions.items()):
             if device not in paired:
-                await session.close("unpaired")
+                await session.close("unpaired" if cfg.device(device) is None else "paused")
         if self.model is not None:
             await self.model.reload(cfg)
         if self.discovery is not None:
@@ -443,6 +477,30 @@ class Daemon:
     def shutdown(self) -> None:
         self._stop.set()
 
+    # BitTorrent publications (syncer/bt/service.py) ---------------------------------------
+    def _bt(self) -> BtService:
+        if self.bt is None:
+            raise DaemonError("BitTorrent is off or unavailable in this daemon (bt.enabled, bt.listen)")
+        return self.bt
+
+    def bt_status(self) -> dict[str, Any]:
+        return self._bt().status()
+
+    def bt_publications(self) -> list[dict[str, Any]]:
+        return self._bt().publications()
+
+    async def bt_publish(self, info_hash: str) -> dict[str, Any]:
+        return await self._bt().publish(info_hash)
+
+    async def bt_unpublish(self, info_hash: str) -> dict[str, Any]:
+        return await self._bt().unpublish(info_hash)
+
+    async def bt_dht_get_peers(self, info_hash: bytes) -> list[tuple[str, int]]:
+        return await self._bt().dht_get_peers(info_hash)
+
+    async def bt_dht_announce(self, info_hash: bytes, port: int) -> int:
+        return await self._bt().dht_announce(info_hash, port)
+
 
 class LostConnectionWrites(logging.Filter):
     """Drops asyncio's warning for each write to a connection that was just lost: pieces
@@ -462,6 +520,7 @@ def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = 
     # busy worker can still hold up the event loop by at most 20 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     tune_malloc()  # blocks from the heap, not an mmap each (see memtune)
+    raise_open_files_limit()  # a descriptor per connection, watch and open file
     logging.basicConfig(
         level=os.environ.get("SYNCER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -30,6 +30,11 @@ class Ignore:
         self.patterns = [p for p in (patterns or []) if p.strip() and not p.lstrip().startswith("#")]
         self.spec = pathspec.PathSpec.from_lines(_STYLE, self.patterns) if self.patterns else None
 
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the rules do (what the need was computed with)."""
+        return "\n".join(self.patterns)
+
     @classmethod
     def load(cls, root: Path) -> Ignore:
         try:

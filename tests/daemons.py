@@ -52,6 +52,7 @@ class Node:
                 "discovery.dht.enabled": "false",
                 "discovery.lan.enabled": "false",
                 "nat.enabled": "false",
+                "bt.enabled": "false",  # BitTorrent tests turn it on
                 "device.name": name,
             }
         )

@@ -86,14 +86,19 @@ def test_bad_data_bans_peer_and_block_is_picked_again():
     assert p.pick("good", 1, 0) == [BlockRef("f", 0)]
 
 
-def test_timeouts_snub_peer():
+def test_snubbed_peer_gets_one_request_at_a_time():
     p = Picker(random.Random(0))
     p.add_file("f", 10)
     p.set_full_holder("slow", "f")
-    assert len(p.pick("slow", 5, now=0)) == 5
-    expired = p.timeouts(now=100, timeout=60)
-    assert len(expired) == 5 and p.statistics().in_flight == 0
+    refs = p.pick("slow", 5, now=0)
+    assert len(refs) == 5
+    for ref in refs:  # what the puller does when these time out
+        p.failed("slow", ref)
+    p.snub("slow", now=100)
+    assert p.statistics().in_flight == 0
     assert len(p.pick("slow", 5, now=101)) == 1  # snubbed: one at a time
+    assert p.pick("slow", 5, now=102) == []  # ...while that one is in flight
+    assert len(p.pick("slow", 5, now=131)) == 5  # snub over
 
 
 def test_remove_peer_and_file():

@@ -11,6 +11,16 @@ def test_rate_meter_window():
     assert m.rate(100.0) == 0.0
 
 
+def test_a_young_meter_knows_its_rate_within_a_second():
+    m = RateMeter(window=5.0)
+    for i in range(10):
+        m.add(100_000, now=i * 0.1)  # 1 MB/s for one second
+    assert 0.9e6 <= m.rate(1.0) <= 1.1e6  # not a fifth of it
+    m2 = RateMeter(window=5.0)
+    m2.add(1_000_000, now=0.0)
+    assert m2.rate(0.01) <= 1_000_000  # one burst is not taken for 100 MB/s
+
+
 def test_token_bucket_limits_average_rate():
     b = TokenBucket(rate=1000.0, burst=1000.0)
     now = 0.0

@@ -1,5 +1,6 @@
 """The sync model's use of the choker: with unlimited uploads off, only the best-giving
-interested peers (plus one optimistic) are unchoked; choked peers' requests are refused."""
+interested peers (plus one optimistic) are unchoked; choked peers' requests are refused; a
+choked peer that says it wants data is unchoked within one round (choker liveness)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from syncer.config import Config
 from syncer.deviceid import DeviceId
 from syncer.model.sync import SyncModel
 from syncer.pending import PendingStore
-from syncer.wire import Choke, Unchoke
+from syncer.runtime.clock import FakeClock
+from syncer.transfer.choker import RECHOKE_INTERVAL
+from syncer.wire import Choke, Interested, Unchoke
 
 
 class FakeSession:
@@ -28,29 +31,27 @@ class FakeSession:
     def up_rate(self) -> float:
         return self.rate
 
-    async def send(self, msg) -> None:
+    def has_feature(self, name: str) -> bool:
+        return True
+
+    def send(self, msg) -> None:
         self.sent.append(msg)
 
-    async def send_many(self, msgs) -> None:
+    def send_many(self, msgs) -> None:
         self.sent.extend(msgs)
 
 
-def model(tmp_path: Path, unlimited: bool) -> SyncModel:
+def model(tmp_path: Path, unlimited: bool, clock: FakeClock | None = None) -> SyncModel:
     cfg = Config(tomlkit.document(), tmp_path / "config.toml")
     cfg.set("transfer.unlimited_own_devices", unlimited)
-    return SyncModel(cfg, DeviceId(b"\xee" * 32), tmp_path / "i.db", PendingStore(tmp_path / "p.json"))
+    return SyncModel(cfg, DeviceId(b"\xee" * 32), tmp_path / "i.db", PendingStore(tmp_path / "p.json"), clock=clock)
 
 
 def run_rechoke(m: SyncModel, sessions: list[FakeSession], now: float) -> None:
-    async def main() -> None:
-        for s in sessions:
-            m.sessions[s.device] = s  # type: ignore[assignment]
-            m.last_request[s.device] = now
-        m.rechoke(now)
-        for _ in range(5):
-            await asyncio.sleep(0)  # let the ordered send queue drain
-
-    asyncio.run(main())
+    for s in sessions:
+        m.sessions[s.device] = s  # type: ignore[assignment]
+        m.last_request[s.device] = now
+    m.rechoke(now)
 
 
 def test_tit_for_tat_when_uploads_are_limited(tmp_path):
@@ -73,3 +74,31 @@ def test_unlimited_between_own_devices_never_chokes(tmp_path):
     m.choking = {sessions[0].device}  # e.g. left over from before the setting changed
     run_rechoke(m, sessions, now=110.0)
     assert m.choking == set() and isinstance(sessions[0].sent[-1], Unchoke)
+
+
+def test_choked_peer_that_wants_data_is_unchoked_within_one_round(tmp_path):
+    """A choked peer never requests (so request-based interest never sees it): it says
+    Interested, and the next round (on simulated time) unchokes it."""
+    clock = FakeClock()
+
+    async def main() -> None:
+        m = model(tmp_path, unlimited=False, clock=clock)
+        peer = FakeSession(1, 0.0)
+        m.sessions[peer.device] = peer  # type: ignore[assignment]
+        m.choking.add(peer.device)  # choked, e.g. from an earlier round when it wanted nothing
+        m.supervisor.spawn("choker", m._choke_loop)
+        await asyncio.sleep(0)
+        clock.advance(RECHOKE_INTERVAL)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert peer.device in m.choking  # not interested, never requested: stays choked
+        m.on_message(peer, Interested())  # type: ignore[arg-type]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        clock.advance(RECHOKE_INTERVAL)  # at most one round later
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert peer.device not in m.choking and isinstance(peer.sent[-1], Unchoke)
+        await m.supervisor.stop()
+
+    asyncio.run(main())

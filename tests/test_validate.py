@@ -37,6 +37,21 @@ def test_bad_files():
     assert bad_file(wf(deleted=True, blocks=[], size=0)) is None
 
 
+@pytest.mark.parametrize("field,value", [
+    ("mtime_ns", 1 << 63), ("mtime_ns", -(1 << 63) - 1), ("size", 1 << 63), ("sequence", 1 << 63),
+    ("permissions", -1), ("permissions", 0o10000), ("modified_by", 1 << 64), ("modified_by", -1),
+    ("version", [(1, 1 << 63)]), ("version", [(1 << 64, 1)]), ("version", [(1, 0)]), ("version", [(1, 1)] * 1001),
+    ("symlink_target", "x" * 5000),
+])
+def test_numbers_out_of_sqlite_range_are_refused(field, value):
+    assert bad_file(wf(**{field: value}))
+
+
+def test_extreme_but_valid_numbers_pass():
+    assert bad_file(wf(mtime_ns=-(1 << 63))) is None  # before 1970 is fine
+    assert bad_file(wf(modified_by=(1 << 64) - 1, version=[((1 << 64) - 1, (1 << 63) - 1)])) is None
+
+
 def test_temp_mode_keeps_owner_write_and_drops_special_bits():
     from syncer.model.safe_write import final_mode, temp_mode
 

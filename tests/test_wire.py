@@ -183,9 +183,19 @@ def test_too_many_outstanding_requests(monkeypatch):
     _expect_protocol_error(b, data, "outstanding requests")
 
 
-def test_request_out_of_range():
+@pytest.mark.parametrize("msg", [
+    Request(1, "f", "x", 0, -1, 3, b"h"),
+    Request(1, "f", "x", 0, 1 << 63, 3, b"h"),  # would overflow pread / SQLite
+    Request(1, "f", "x", 1 << 31, 0, 3, b"h"),
+    Request(1, "f", "x", 0, 0, (16 << 20) + 1, b"h"),
+    ClusterConfig([FolderSummary("f", "", [DeviceSummary(b"d" * 32, 1 << 63, 0)])]),
+    ClusterConfig([FolderSummary("f" * 65, "", [])]),
+    Have("f", "x", [(1, 1)], -1),
+    Bitfield("f", "x", [(1, 1)], (1 << 24) + 1, b""),
+])
+def test_numbers_out_of_range_are_protocol_errors(msg):
     _, b = pair()
-    _expect_protocol_error(b, encode(Request(1, "f", "x", 0, -1, 3, b"h")), "out of range")
+    _expect_protocol_error(b, encode(msg), "malformed")
 
 
 def test_caller_misuse_raises():

@@ -111,6 +111,9 @@ CHECKS = [
 def run_check(factory: PairFactory, check: Callable[..., Any], ida: Identity, idb: Identity) -> None:
     async def main() -> None:
         async with factory(ida, idb) as (a, b):
+            # as the daemon's pairing gate does: both peers are accepted (full-size buffers)
+            a.peer_accepted()
+            b.peer_accepted()
             try:
                 await asyncio.wait_for(check(a, b, ida, idb), DEADLINE)
             finally:

@@ -61,6 +61,19 @@ def decode(data: bytes) -> Any:
     return value
 
 
+def decode_prefix(data: bytes) -> tuple[Any, int]:
+    """Decode the one value at the start of `data`; returns it and where it ends (BEP 9
+    messages carry raw bytes after their dictionary)."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise BencodeError("bencoded data must be bytes")
+    try:
+        return _dec(bytes(data), 0, 0)
+    except (IndexError, ValueError) as e:
+        if isinstance(e, BencodeError):
+            raise
+        raise BencodeError(f"malformed bencoding: {e}") from None
+
+
 def _dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
     if depth > MAX_DEPTH:
         raise BencodeError("bencoding nested too deeply")
@@ -68,7 +81,9 @@ def _dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
     if c == b"i":
         end = data.index(b"e", pos)
         raw = data[pos + 1 : end]
-        if not raw or raw == b"-0" or (raw.startswith(b"0") and len(raw) > 1) or raw.startswith(b"-0"):
+        digits = raw[1:] if raw.startswith(b"-") else raw
+        # bytes.isdigit is ASCII-only; int() alone would also take b" 1" and b"1_0"
+        if not digits.isdigit() or raw == b"-0" or (raw.startswith(b"0") and len(raw) > 1) or raw.startswith(b"-0"):
             raise BencodeError("invalid integer")
         return int(raw), end + 1
     if c == b"l":
@@ -94,7 +109,7 @@ def _dec(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
     if c.isdigit():
         colon = data.index(b":", pos)
         raw = data[pos:colon]
-        if len(raw) > 1 and raw.startswith(b"0"):
+        if not raw.isdigit() or (len(raw) > 1 and raw.startswith(b"0")):
             raise BencodeError("invalid string length")
         n = int(raw)
         end = colon + 1 + n

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from syncer.api import client
 from syncer.commands import common
 from syncer.config import SETTINGS, edit_config, parse_value
 from syncer.errors import ConfigError
@@ -50,9 +51,12 @@ def config_set(
     if setting is None:
         raise ConfigError(f"unknown config key {key!r} (see `syncer config list`)")
     parsed = parse_value(setting, value)
-    with edit_config(common.paths().config_file) as cfg:
-        cfg.set(key, parsed)
-    _notify_daemon()
+    p = common.paths()
+    try:
+        client.call(p, "PATCH", "/rest/config", {key: parsed})  # a running daemon saves and reloads
+    except client.NotRunning:
+        with edit_config(p.config_file) as cfg:
+            cfg.set(key, parsed)
 
 
 @config_app.command("list")
@@ -66,10 +70,3 @@ def config_list(json: bool = common.JsonOption) -> None:
         typer.echo(f"{k} = {cfg.get(k)!r}    # {s.help}")
 
 
-def _notify_daemon() -> None:
-    """Ask a running daemon to reload its configuration (no-op when none runs)."""
-    try:
-        from syncer.api.client import reload_if_running
-    except ModuleNotFoundError:
-        return
-    reload_if_running(common.paths())

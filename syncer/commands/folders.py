@@ -10,9 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from syncer.api import client
+from syncer.api import actions, client
 from syncer.commands import common
-from syncer.config import FolderConfig, edit_config
 from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
 from syncer.ignore import Ignore
@@ -59,28 +58,18 @@ def share(
     p = common.paths()
     devices = [str(DeviceId.parse(d)) for d in with_] or None
     folder_id = id or folderlib.new_folder_id()
-    path = path.expanduser()
-    if not path.exists() and id:
-        # joining a folder offered by another device: create the empty directory for it
-        parent = path.absolute().parent
-        if not parent.is_dir():
-            raise FolderError(f"{parent} does not exist")
-        path.mkdir()
-    with edit_config(p.config_file) as cfg:
-        root = folderlib.validate_share(cfg, path, folder_id)
-        folderlib.create_marker(root)
-        old = cfg.folder(folder_id)
-        cfg.upsert_folder(
-            FolderConfig(
-                id=folder_id,
-                path=str(root),
-                label=label or (old.label if old else root.name),
-                devices=devices if devices is not None else (old.devices if old else None),
-            )
-        )
-    files, size, errors = _scan_with_progress(root, folder_id)
-    PendingStore(p.state_dir / "pending.json").forget_folder(folder_id)
-    client.reload_if_running(p)
+    path = path.expanduser().absolute()
+    body = {"path": str(path), "id": folder_id, "label": label, "devices": devices, "join": bool(id)}
+    try:
+        # a running daemon shares it (and scans it) itself: POST /rest/folders, as the web UI does
+        row = client.call(p, "POST", "/rest/folders", body, timeout=3600)
+        root, files, size, errors = Path(row["path"]), row["local_files"], row["local_bytes"], 0
+    except client.NotRunning:
+        # joining a folder offered by another device creates the empty directory for it
+        cfg = actions.add_folder(p.config_file, path, folder_id, label, devices, joining=bool(id))
+        root = Path(cfg.path)
+        files, size, errors = _scan_with_progress(root, folder_id)
+        PendingStore(p.state_dir / "pending.json").forget_folder(folder_id)
     Console(stderr=True).print(f"shared {root} as {folder_id}: {files} files, {size} bytes" + (f", {errors} skipped" if errors else ""))
     typer.echo(folder_id)
 

@@ -6,9 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from syncer.api import client
+from syncer.api import actions, client
 from syncer.commands import common
-from syncer.config import DeviceConfig, edit_config
 from syncer.deviceid import DeviceId
 from syncer.errors import ConfigError
 from syncer.pending import PendingStore
@@ -24,20 +23,15 @@ def pair(
 ) -> None:
     """Link a device: it may connect to us and we connect to it. Pairing is mutual: run it on both."""
     dev = DeviceId.parse(device)
-    if dev == common.identity().device_id:
+    own = common.identity().device_id
+    if dev == own:
         raise ConfigError("that is this device's own ID; pair with the other device's ID")
     p = common.paths()
-    with edit_config(p.config_file) as cfg:
-        old = cfg.device(dev)
-        cfg.upsert_device(
-            DeviceConfig(
-                id=str(dev),
-                name=name or (old.name if old else ""),
-                addresses=address or (old.addresses if old else []),
-            )
-        )
-    PendingStore(p.state_dir / "pending.json").forget_device(str(dev))
-    client.reload_if_running(p)
+    try:
+        client.call(p, "POST", "/rest/devices", {"device_id": str(dev), "name": name, "addresses": address})
+    except client.NotRunning:
+        actions.pair(p.config_file, own, str(dev), name, address)
+        PendingStore(p.state_dir / "pending.json").forget_device(str(dev))
     typer.echo(f"paired {dev}")
 
 
@@ -46,10 +40,10 @@ def unpair(device: str = typer.Argument(..., help="the device's ID")) -> None:
     """Unlink a device; its connection is closed and it gets nothing more."""
     dev = DeviceId.parse(device)
     p = common.paths()
-    with edit_config(p.config_file) as cfg:
-        if not cfg.remove_device(dev):
-            raise ConfigError(f"device {dev} is not paired")
-    client.reload_if_running(p)
+    try:
+        client.call(p, "DELETE", f"/rest/devices/{dev}")
+    except client.NotRunning:
+        actions.unpair(p.config_file, str(dev))
     typer.echo(f"unpaired {dev}")
 
 

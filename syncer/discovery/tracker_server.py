@@ -1,9 +1,12 @@
 """The tracker server: syncer's JSON `POST /announce` and the BitTorrent HTTP tracker protocol
 (BEP 3 `GET /announce`, BEP 23 compact peers, BEP 48 `GET /scrape`) over one peer store.
 
-The source IP is always the connection's; peers are keyed by ip:port. Memory is bounded (caps on
-swarms and peers per swarm), each IP is rate limited, and malformed requests get a bencoded
-`failure reason` (GET) or a JSON error (POST) — never a crash.
+The source IP is always the connection's; peers are keyed by ip:port. Memory is bounded and fair
+per source (peerstore.py: caps on swarms, entries, peers per swarm and per source in a swarm, so
+one address cannot evict others), entries expire 2 x interval + 30 s after their last announce,
+each source (IPv6: per /64) is rate limited, and malformed requests get a bencoded
+`failure reason` (GET) or a JSON error (POST) — never a crash. Many source addresses can still
+announce much; what they can cost is bounded by the caps, not by their number.
 """
 
 from __future__ import annotations
@@ -79,12 +82,20 @@ class TrackerServer:
         interval: int = DEFAULT_INTERVAL,
         max_swarms: int = 100_000,
         max_peers: int = 200,
+        max_per_source: int = 8,
+        max_entries: int = 200_000,
         rate: float = 50.0,
         burst: float = 200.0,
         clock: Any = time.monotonic,
     ) -> None:
         self.host, self.port, self.interval = host, port, interval
-        self.store = PeerStore(ttl=2 * interval + 30, max_swarms=max_swarms, max_peers=max_peers)
+        self.store = PeerStore(
+            ttl=2 * interval + 30,
+            max_swarms=max_swarms,
+            max_peers=max_peers,
+            max_per_source=max_per_source,
+            max_entries=max_entries,
+        )
         self.limiter = IpRateLimit(rate, burst)
         self.clock = clock
         self._runner: web.AppRunner | None = None

@@ -21,12 +21,13 @@ import msgspec
 from syncer.errors import SyncerError
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
+from syncer.paths import private_file
 
 LOCAL = b"\x00" * 32
 HASH_LEN = 32
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(list[tuple[int, int]])
-_COLUMNS = "name, type, size, mtime_ns, permissions, block_size, blocks, symlink_target, version, sequence, deleted, modified_by, inode, dev"
+_COLUMNS = "name, type, size, mtime_ns, permissions, block_size, blocks, symlink_target, version, sequence, deleted, modified_by, inode, dev, flags"
 
 
 class IndexError_(SyncerError):
@@ -62,6 +63,10 @@ def is_corruption(e: BaseException) -> bool:
         return code & 0xFF in _CORRUPT_CODES  # extended codes carry the primary in the low byte
     text = str(e)
     return "malformed" in text or "not a database" in text
+
+
+def encode_version(v: VersionVector) -> bytes:
+    return _enc.encode([(_signed(d), c) for d, c in v])
 
 
 def _signed(u: int) -> int:
@@ -100,6 +105,7 @@ def _row(r: tuple) -> FileInfo:
         modified_by=_unsigned(r[11]),
         inode=r[12],
         dev=r[13],
+        flags=r[14],
     )
 
 
@@ -115,12 +121,13 @@ def _params(folder: str, device: bytes, f: FileInfo) -> tuple:
         f.block_size,
         b"".join(f.blocks),
         f.symlink_target,
-        _enc.encode([(_signed(d), c) for d, c in f.version]),
+        encode_version(f.version),
         f.sequence,
         int(f.deleted),
         _signed(f.modified_by),
         f.inode,
         f.dev,
+        f.flags,
     )
 
 
@@ -129,6 +136,7 @@ class IndexDB:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_file(self.path, "-wal", "-shm")  # 0600; SQLite gives -wal/-shm the same mode
         try:
             self.conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         except sqlite3.Error as e:
@@ -216,10 +224,11 @@ class IndexDB:
         self._write(lambda c: c.execute("INSERT OR REPLACE INTO folders VALUES (?, ?)", (folder, path)))
 
     def remove_folder(self, folder: str) -> None:
+        """Forget everything about a folder that is no longer shared (its files stay on disk)."""
+
         def work(c: sqlite3.Connection) -> None:
-            for table in ("folders",):
-                c.execute(f"DELETE FROM {table} WHERE id = ?", (folder,))
-            for table in ("indexes", "files", "blocks"):
+            c.execute("DELETE FROM folders WHERE id = ?", (folder,))
+            for table in ("indexes", "files", "blocks", "need", "need_basis", "counts", "conflicts"):
                 c.execute(f"DELETE FROM {table} WHERE folder = ?", (folder,))
 
         self._write(work)
@@ -282,16 +291,33 @@ class IndexDB:
             for f in files:
                 seq += 1
                 out.append(msgspec.structs.replace(f, sequence=seq))
-            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 16)})", [_params(folder, LOCAL, f) for f in out])
+            before = self._live_totals(c, folder, LOCAL, [f.name for f in out])
+            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 17)})", [_params(folder, LOCAL, f) for f in out])
             c.executemany("DELETE FROM blocks WHERE folder=? AND name=?", [(folder, f.name) for f in out])
             c.executemany(
                 "INSERT OR IGNORE INTO blocks VALUES (?, ?, ?, ?)",
                 [(folder, h, f.name, i) for f in out if not f.deleted and f.type == FileType.FILE for i, h in enumerate(f.blocks)],
             )
             c.execute("UPDATE indexes SET max_sequence=? WHERE folder=? AND device=?", (seq, folder, LOCAL))
+            live = {f.name: f for f in out if not f.deleted}
+            _add_count(c, folder, "local", len(live) - before[0], sum(f.size for f in live.values()) - before[1])
             return out
 
         return self._write(work)
+
+    @staticmethod
+    def _live_totals(c: sqlite3.Connection, folder: str, device: bytes, names: list[str]) -> tuple[int, int]:
+        """(entries, bytes) of the non-deleted rows among `names`."""
+        n = size = 0
+        for i in range(0, len(names), 500):
+            part = names[i : i + 500]
+            r = c.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE folder=? AND device=? AND deleted=0 AND name IN ({','.join('?' * len(part))})",
+                (folder, device, *part),
+            ).fetchone()
+            n += r[0]
+            size += r[1]
+        return n, size
 
     def update_remote(self, folder: str, device: bytes, files: Iterable[FileInfo]) -> None:
         files = list(files)
@@ -299,7 +325,7 @@ class IndexDB:
             return
 
         def work(c: sqlite3.Connection) -> None:
-            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 16)})", [_params(folder, device, f) for f in files])
+            c.executemany(f"INSERT OR REPLACE INTO files (folder, device, {_COLUMNS}) VALUES ({','.join('?' * 17)})", [_params(folder, device, f) for f in files])
             top = max(f.sequence for f in files)
             c.execute(
                 "INSERT INTO indexes (folder, device, index_id, max_sequence) VALUES (?, ?, 0, ?) "
@@ -386,6 +412,180 @@ class IndexDB:
         name, idx, bs, size = r
         off = idx * bs
         return name, off, min(bs, size - off)
+
+    # --- need (what this device lacks, in pulling order) ---------------------------------
+    def rows_for(self, folder: str, devices: list[bytes], names: list[str]) -> dict[str, dict[bytes, FileInfo]]:
+        """name -> device -> row, for these devices and names (a point lookup per pair)."""
+        out: dict[str, dict[bytes, FileInfo]] = {}
+        dq = ",".join("?" * len(devices))
+        for i in range(0, len(names), 400):
+            part = names[i : i + 400]
+            cur = self.conn.execute(
+                f"SELECT device, {_COLUMNS} FROM files WHERE folder=? AND device IN ({dq}) AND name IN ({','.join('?' * len(part))})",
+                (folder, *devices, *part),
+            )
+            for r in cur:
+                out.setdefault(r[1], {})[bytes(r[0])] = _row(r[1:])
+        return out
+
+    def need_rows(self, folder: str, names: list[str]) -> dict[str, NeedRow]:
+        out: dict[str, NeedRow] = {}
+        for i in range(0, len(names), 500):
+            part = names[i : i + 500]
+            cur = self.conn.execute(
+                f"SELECT {_NEED_COLUMNS} FROM need WHERE folder=? AND name IN ({','.join('?' * len(part))})",
+                (folder, *part),
+            )
+            for r in cur:
+                out[r[0]] = _need_row(r)
+        return out
+
+    def write_need(self, folder: str, upserts: list[NeedRow], deletes: list[str]) -> None:
+        """Apply a recomputation's result, keeping the need totals right."""
+        if not upserts and not deletes:
+            return
+
+        def work(c: sqlite3.Connection) -> None:
+            names = [n.name for n in upserts] + deletes
+            old: dict[str, tuple[int, int]] = {}  # name -> (size, skip)
+            for i in range(0, len(names), 500):
+                part = names[i : i + 500]
+                for r in c.execute(f"SELECT name, size, skip FROM need WHERE folder=? AND name IN ({','.join('?' * len(part))})", (folder, *part)):
+                    old[r[0]] = (r[1], r[2])
+            c.executemany(
+                f"INSERT OR REPLACE INTO need (folder, {_NEED_COLUMNS}) VALUES (?{',?' * 11})",
+                [(folder, n.name, n.kind, n.size, int(n.conflict), n.source, b"".join(n.holders), n.version, n.error, n.failures, n.retry_at, n.skip) for n in upserts],
+            )
+            c.executemany("DELETE FROM need WHERE folder=? AND name=?", [(folder, name) for name in deletes])
+            # totals: 'need' counts what is to be fetched, 'skipped' what deliberately is not
+            delta = {"need": [0, 0], "skipped": [0, 0]}
+            for n in upserts:
+                if n.name in old:
+                    size, skip = old[n.name]
+                    d = delta["skipped" if skip else "need"]
+                    d[0] -= 1
+                    d[1] -= size
+                d = delta["skipped" if n.skip else "need"]
+                d[0] += 1
+                d[1] += n.size
+            for name in deletes:
+                if name in old:
+                    size, skip = old[name]
+                    d = delta["skipped" if skip else "need"]
+                    d[0] -= 1
+                    d[1] -= size
+            for what, (dn, dbytes) in delta.items():
+                _add_count(c, folder, what, dn, dbytes)
+
+        self._write(work)
+
+    def record_failures(self, folder: str, failures: list[tuple[str, str, float]]) -> None:
+        """(name, error, retry_at): the attempt failed; wait until retry_at (wall clock)."""
+        self._write(lambda c: c.executemany(
+            "UPDATE need SET error=?, failures=failures+1, retry_at=? WHERE folder=? AND name=?",
+            [(err[:500], at, folder, name) for name, err, at in failures],
+        ))
+
+    def clear_need(self, folder: str) -> None:
+        def work(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM need WHERE folder=?", (folder,))
+            c.execute("DELETE FROM counts WHERE folder=? AND what IN ('need', 'skipped')", (folder,))
+            c.execute("DELETE FROM need_basis WHERE folder=?", (folder,))
+
+        self._write(work)
+
+    def need_basis(self, folder: str) -> bytes | None:
+        r = self.conn.execute("SELECT devices FROM need_basis WHERE folder=?", (folder,)).fetchone()
+        return bytes(r[0]) if r else None
+
+    def set_need_basis(self, folder: str, devices: bytes) -> None:
+        self._write(lambda c: c.execute("INSERT OR REPLACE INTO need_basis VALUES (?, ?)", (folder, devices)))
+
+    def need_page(self, folder: str, after: tuple[int, int, str] | None, inclusive: bool, limit: int, now: float) -> list[tuple[NeedRow, FileInfo]]:
+        """Need rows in pulling order from key `after` (None: the start; `inclusive`: the row
+        with that key too), skipping those waiting for a retry, each with the global version's
+        row (from its source device)."""
+        q = (
+            f"SELECT {', '.join('n.' + c for c in _NEED_COLUMNS.split(', '))}, {', '.join('f.' + c for c in _COLUMNS.split(', '))} "
+            "FROM need n JOIN files f ON f.folder=n.folder AND f.device=n.source AND f.name=n.name "
+            "WHERE n.folder=? AND n.skip=0 AND n.retry_at<=? "
+        )
+        if after is None:
+            cur = self.conn.execute(q + "ORDER BY n.kind, n.size, n.name LIMIT ?", (folder, now, limit))
+        else:
+            op = ">=" if inclusive else ">"
+            cur = self.conn.execute(q + f"AND (n.kind, n.size, n.name) {op} (?, ?, ?) ORDER BY n.kind, n.size, n.name LIMIT ?", (folder, now, *after, limit))
+        return [(_need_row(r[:11]), _row(r[11:])) for r in cur]
+
+    def next_retry(self, folder: str, now: float) -> float | None:
+        r = self.conn.execute("SELECT MIN(retry_at) FROM need WHERE folder=? AND retry_at>?", (folder, now)).fetchone()
+        return r[0] if r and r[0] is not None else None
+
+    def need_list(self, folder: str, prefix: str, offset: int, limit: int) -> list[NeedRow]:
+        """Need rows (skipped ones too) in name order, all or those at/below `prefix`."""
+        q = f"SELECT {_NEED_COLUMNS} FROM need WHERE folder=?"
+        args: list[object] = [folder]
+        if prefix:
+            q += " AND (name=? OR (name>=? AND name<?))"
+            args += [prefix, prefix + "/", prefix + "0"]  # "0" sorts right after "/"
+        q += " ORDER BY name LIMIT ? OFFSET ?"
+        return [_need_row(r) for r in self.conn.execute(q, (*args, limit, offset))]
+
+    def need_errors(self, folder: str, limit: int) -> list[tuple[str, str]]:
+        q = "SELECT name, error FROM need WHERE folder=? AND error!='' AND skip=0 ORDER BY name LIMIT ?"
+        return [(r[0], r[1]) for r in self.conn.execute(q, (folder, limit))]
+
+    def count_need_errors(self, folder: str) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM need WHERE folder=? AND error!='' AND skip=0", (folder,)).fetchone()[0]
+
+    def totals(self, folder: str, what: str) -> tuple[int, int]:
+        """(entries, bytes) of the folder's local index ('local') or need ('need')."""
+        r = self.conn.execute("SELECT files, bytes FROM counts WHERE folder=? AND what=?", (folder, what)).fetchone()
+        return (r[0], r[1]) if r else (0, 0)
+
+    def names(self, folder: str, device: bytes, after: str, limit: int) -> list[str]:
+        """Names of one device's rows in order (to walk a folder in bounded steps)."""
+        return [r[0] for r in self.conn.execute("SELECT name FROM files WHERE folder=? AND device=? AND name>? ORDER BY name LIMIT ?", (folder, device, after, limit))]
+
+    def files_page(self, folder: str, device: bytes, after_sequence: int, limit: int) -> list[FileInfo]:
+        """Rows with a sequence above `after_sequence`, in sequence order, at most `limit`."""
+        cur = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE folder=? AND device=? AND sequence>? ORDER BY sequence LIMIT ?",
+            (folder, device, after_sequence, limit),
+        )
+        return [_row(r) for r in cur]
+
+
+def _add_count(c: sqlite3.Connection, folder: str, what: str, files: int, nbytes: int) -> None:
+    if files or nbytes:
+        c.execute(
+            "INSERT INTO counts (folder, what, files, bytes) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (folder, what) DO UPDATE SET files = files + excluded.files, bytes = bytes + excluded.bytes",
+            (folder, what, files, nbytes),
+        )
+
+
+class NeedRow(msgspec.Struct, frozen=True):
+    name: str
+    kind: int  # NEED_OTHER, NEED_FILE, NEED_DELETE
+    size: int
+    conflict: bool
+    source: bytes
+    holders: tuple[bytes, ...]
+    version: bytes  # msgpack of the global version vector
+    error: str = ""
+    failures: int = 0
+    retry_at: float = 0.0
+    skip: int = 0  # why it is deliberately not fetched (model/why.py SKIP_*), 0: it is
+
+
+NEED_OTHER, NEED_FILE, NEED_DELETE = 0, 1, 2
+_NEED_COLUMNS = "name, kind, size, conflict, source, holders, version, error, failures, retry_at, skip"
+
+
+def _need_row(r: tuple) -> NeedRow:
+    h = bytes(r[5])
+    return NeedRow(r[0], r[1], r[2], bool(r[3]), bytes(r[4]), tuple(h[i : i + 32] for i in range(0, len(h), 32)), bytes(r[6]), r[7], r[8], r[9], r[10])
 
 
 def _check_header(path: Path) -> None:

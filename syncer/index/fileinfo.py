@@ -15,6 +15,9 @@ class FileType(IntEnum):
     SYMLINK = 2
 
 
+LOCAL_CHANGE = 1
+
+
 class FileInfo(msgspec.Struct, frozen=True):
     name: str  # NFC, '/'-separated, relative to the folder root
     type: FileType
@@ -31,6 +34,7 @@ class FileInfo(msgspec.Struct, frozen=True):
     # local-only bookkeeping (never sent): detects changes without re-hashing
     inode: int = 0
     dev: int = 0
+    flags: int = 0  # LOCAL_CHANGE: a receive-only folder's local change, never announced
 
     @property
     def block_count(self) -> int:

@@ -1,26 +1,25 @@
-"""One shared folder at run time: its local and remote indexes, the need list, the puller and the
-block server.
+"""One shared folder at run time: the driver around its sans-IO puller.
 
-Threading: all index-DB access, scanning and filesystem changes run in the folder's single worker
-thread (`self.worker`), one at a time, so a scan can never interleave with applying a download.
-The asyncio loop only moves messages and block data. Received blocks are verified and written by a
-small thread pool (hashlib releases the GIL), so hashing uses the second core.
+The puller (transfer/puller.py) decides what to fetch and when a file is done; this runtime
+carries its actions out — need pages and job preparation in the folder's worker thread, block
+verification in the verify pool, requests and announcements on peer sessions, applying batches
+in the worker — and reports the results back. Index exchange with each peer, scanning, the
+watcher and periodic rescans also live here, each as a supervised task.
+
+Threading: all index-DB writes, scans and filesystem changes run in the folder's single worker
+thread, one at a time, so a scan can never interleave with applying a download. The event loop
+only moves messages and block data and runs the puller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import itertools
+import errno
 import logging
-import os
-import shutil
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,24 +27,31 @@ from syncer.config import FolderConfig
 from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
 from syncer.fs import layout
-from syncer.index.fileinfo import FileInfo, FileType
+from syncer.index.db import LOCAL, IndexDB, NeedRow
+from syncer.index.fileinfo import FileInfo
 from syncer.model import apply as applying
-from syncer.model import safe_write
 from syncer.model.convert import from_wire, to_wire
-from syncer.model.globalstate import Need, global_version, need
+from syncer.model.need import NeedIndex, Policy
+from syncer.model.storage import JobFile, Storage, write_block
 from syncer.model.validate import bad_file
+from syncer.model.why import Facts, errno_of, explain
+from syncer.runtime.clock import Clock, sleep_until
+from syncer.runtime.supervisor import Supervisor, TaskFailure
 from syncer.scan.scanner import MassDelete
-from syncer.transfer.picker import BlockRef, Picker
-from syncer.wire import (
-    ERR_NO_SUCH_BLOCK,
-    ERR_NO_SUCH_FILE,
-    Bitfield,
-    Have,
-    Index,
-    IndexUpdate,
-    Request,
-    WireFile,
+from syncer.transfer.puller import (
+    AbortJob,
+    Announce,
+    ApplyBatch,
+    Expected,
+    LoadNeed,
+    NeedChange,
+    OrderKey,
+    PrepareJobs,
+    Puller,
+    SendCancels,
+    SendRequests,
 )
+from syncer.wire import Bitfield, Cancel, Have, Index, IndexUpdate, Piece, WireFile
 
 if TYPE_CHECKING:
     from syncer.model.sync import SyncModel
@@ -53,16 +59,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INDEX_BATCH = 1000
-MAX_JOBS = 256  # files downloading at once
-MAX_JOB_BYTES = 1 << 30  # bytes of files downloading at once (beyond one file)
-PEER_PIPELINE_BYTES = 32 << 20  # bytes requested and not yet received, per peer
-PEER_PIPELINE_REQUESTS = 512
-REQUEST_TIMEOUT = 60.0
-FINISH_BATCH = 500
-RETRY_DELAY = 5.0
-SERVING_FDS = 64
+INDEX_PAGE = 1000  # rows read from the DB per step of sending an index
+INDEX_MESSAGE_BYTES = 4 << 20  # an Index/IndexUpdate is cut at about this encoded size
+INTAKE_LIMIT_BYTES = 64 << 20  # index data queued for the worker before reading from a peer pauses
+HASH_IN_THREAD = 64 << 10  # blocks at least this big are verified off the event loop
 TEMP_KEEP_S = 24 * 3600  # an unneeded download temp file is removed after this long untouched
+MANY_CHANGES = 5000  # beyond this many need changes at once the puller gets a summary
+RETRY_BASE = 5.0
+RETRY_SLACK = 0.05  # a retry pass starts this late: the DB compares wall-clock times
+RETRY_MAX = 3600.0
+DISK_RETRY_MAX = 60.0  # disk full: look again at least this often
+PRUNE_INTERVAL = 24 * 3600.0
+FILE_ERRORS_SHOWN = 50
 
 
 @dataclass
@@ -75,143 +83,167 @@ class PeerStats:
 
 
 @dataclass
-class Job:
-    glob: FileInfo
-    conflict: bool
-    fd: int
-    have: set[int]
-    vkey: tuple[tuple[int, int], ...]
-    writers: int = 0  # blocks being verified and written by the thread pool right now
-    closing: bool = False
-    # buffered writes to one file serialise on the kernel's inode lock, where a waiting thread
-    # spins on the CPU; waiting on this lock sleeps instead (hashing still runs in parallel)
-    write_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def release_fd(self) -> None:
-        """Close the temp file, or have the last pending write close it: an fd closed under a
-        writer could be reused by another file and receive its bytes."""
-        if self.writers:
-            self.closing = True
-        elif self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
-
-
-@dataclass
-class PendingRequest:
-    folder: FolderRuntime
-    ref: BlockRef
-    peer: DeviceId
+class _Intake:
+    dev: DeviceId
+    files: list[WireFile]
+    full: bool
     size: int
 
 
-def vkey(f: FileInfo) -> tuple[tuple[int, int], ...]:
-    return tuple((int(d), int(c)) for d, c in f.version.to_list())
-
-
 @dataclass
-class FolderRuntime:
-    model: SyncModel
-    cfg: FolderConfig
-    local: dict[str, FileInfo] = field(default_factory=dict)
-    remote: dict[DeviceId, dict[str, FileInfo]] = field(default_factory=dict)
-    needed: dict[str, tuple[FileInfo, Need]] = field(default_factory=dict)
-    peers: dict[DeviceId, PeerSession] = field(default_factory=dict)
-    sent_seq: dict[DeviceId, int] = field(default_factory=dict)
-    partial: dict[tuple[str, tuple], dict[DeviceId, set[int]]] = field(default_factory=dict)
-    jobs: dict[str, Job] = field(default_factory=dict)
-    finishing: dict[str, None] = field(default_factory=dict)  # downloaded, waiting to be applied
-    applying: set[str] = field(default_factory=set)  # being renamed into place right now
-    retry_at: dict[str, float] = field(default_factory=dict)
-    stats: dict[DeviceId, PeerStats] = field(default_factory=dict)
-    state: str = "starting"
-    error: str = ""
-    confirm_mass_delete: bool = False
+class _Changes:
+    changes: list[NeedChange]
+    restart: bool = False
+    restart_key: OrderKey | None = None
 
-    def __post_init__(self) -> None:
-        self.id = self.cfg.id
-        self.root = Path(self.cfg.path)
+
+def retry_delay(failures: int, disk: bool = False) -> float:
+    return min(DISK_RETRY_MAX if disk else RETRY_MAX, RETRY_BASE * (2 ** min(failures, 12)))
+
+
+class FolderRuntime:
+    def __init__(self, model: SyncModel, cfg: FolderConfig, slot: int) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.id = cfg.id
+        self.slot = slot
+        self.root = Path(cfg.path)
+        self.clock: Clock = model.clock
         self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"folder-{self.id}")
-        self.picker = Picker()
-        self.wake = asyncio.Event()
-        self.finish_wake = asyncio.Event()
-        self.tasks: list[asyncio.Task[Any]] = []
+        self.need = NeedIndex(self.id)
+        self.storage = Storage(self.root, self.id, lambda: self.model.config.get("limits.min_free_disk_mb") << 20)
+        self.puller = Puller(self.id, model.request_ids(slot))
+        self.supervisor = Supervisor(f"folder {self.id}", self.clock, self._task_failed)
+        self.peers: dict[DeviceId, PeerSession] = {}
+        self.stats: dict[DeviceId, PeerStats] = {}
+        self.jobfiles: dict[str, JobFile] = {}
+        self.sent_seq: dict[DeviceId, int] = {}
+        self.state = "starting"
+        self.error = ""
+        self.confirm_mass_delete = False
         self.scanner: Any = None
         self.watcher: Any = None
-        self._serving: dict[str, int] = {}  # name -> open fd, least recently used first
-        self._need_order: list[str] | None = None  # names in `needed`, in pulling order
+        self.last_scan: float | None = None
+        self._started = asyncio.Event()
+        self._intake: asyncio.Queue[_Intake] = asyncio.Queue()
+        self._intake_bytes = 0
+        self._intake_room = asyncio.Event()
+        self._intake_room.set()
+        self._sender_wake: dict[DeviceId, asyncio.Event] = {}
+        self._sender_tasks: dict[DeviceId, asyncio.Task[None]] = {}
+        self._turn_due = False
+        self._timer_wake = asyncio.Event()
+        self._last_interest: set[DeviceId] = set()
+        self._disk_full = ""
+        self._task_error = ""
+        self._changed: set[str] = set()
 
-    # --- worker thread ---------------------------------------------------------
+    # --- worker thread ---------------------------------------------------------------
     async def run_in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     @property
-    def db(self) -> Any:
+    def db(self) -> IndexDB:
         return self.model.db_for_thread()
 
     def marker_ok(self) -> bool:
         return (self.root / layout.MARKER).is_dir()
 
-    # --- lifecycle -------------------------------------------------------------
+    def sharing(self) -> list[DeviceId]:
+        return sorted(self.model.devices_sharing(self.cfg), key=lambda d: d.raw)
+
+    def policy(self) -> Policy:
+        ignore = self.scanner.ignore if self.scanner is not None else None
+        return Policy(
+            type=self.cfg.type,
+            selected=tuple(self.cfg.selected) if self.cfg.selective else None,
+            ignored=ignore.ignored if ignore is not None else None,
+            ignore_rules=ignore.fingerprint if ignore is not None else "",
+        )
+
+    # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         from syncer.ignore import Ignore
         from syncer.scan import Scanner
 
+        devices = self.sharing()
+
         def load() -> None:
             db = self.db
             db.add_folder(self.id, str(self.root))
-            self.local = {f.name: f for f in db.all_files(self.id, self.model.LOCAL)}
-            for dev in self.model.paired_devices():
-                rows = {f.name: f for f in db.all_files(self.id, dev.raw)}
-                if rows:
-                    self.remote[dev] = rows
             self.scanner = Scanner(self.root, self.id, db, self.model.short, Ignore.load(self.root))
+            if self.need.ensure_basis(db, devices, self.policy()):
+                log.info("folder %s: need recomputed for %d devices", self.id, len(devices))
 
         await self.run_in_worker(load)
-        self.recompute(None)
-        self.tasks.append(asyncio.ensure_future(self._pull_loop()))
-        self.tasks.append(asyncio.ensure_future(self._finish_loop()))
-        self.tasks.append(asyncio.ensure_future(self._timer_loop()))
+        self.supervisor.spawn("index intake", self._intake_loop)
+        self.supervisor.spawn("timers", self._timer_loop)
+        self._started.set()
+        self.puller.start()
+        self._kick()
         await self.scan(None)
         if self.model.config.get("watch.enabled"):
-            self.tasks.append(asyncio.ensure_future(self._watch_loop()))
-        self.tasks.append(asyncio.ensure_future(self._rescan_loop()))
+            self.supervisor.spawn("watcher", self._watch_loop)
+        self.supervisor.spawn("rescans", self._rescan_loop)
+        self.supervisor.spawn("trash can", self._prune_loop)
 
     async def stop(self) -> None:
-        for t in self.tasks:
+        for t in self._sender_tasks.values():
             t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.supervisor.stop()
         if self.watcher is not None:
             with contextlib.suppress(Exception):
                 self.watcher.stop()
-        for job in self.jobs.values():
-            job.release_fd()
-        self.jobs.clear()
-        for fd in self._serving.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._serving.clear()
+        for jf in self.jobfiles.values():
+            jf.close()
+        self.jobfiles.clear()
         self.worker.shutdown(wait=True, cancel_futures=True)
+        self.model.serve_pool.submit(self.storage.close)
 
-    # --- scanning ----------------------------------------------------------------
+    def _task_failed(self, failure: TaskFailure) -> None:
+        self._task_error = f"{failure.task} failed: {failure.error} (restarting)"
+
+    async def reconfigured(self, cfg: FolderConfig) -> None:
+        """The folder's config changed (label, sharing, paused)."""
+        self.cfg = cfg
+        devices = self.sharing()
+        policy = self.policy()
+        if await self.run_in_worker(lambda: self.need.ensure_basis(self.db, devices, policy)):
+            self.puller.start()
+        self._kick()
+
+    # --- scanning ----------------------------------------------------------------------
     async def scan(self, paths: set[str] | None) -> dict[str, Any]:
         if not self.marker_ok():
             self._stopped()
             return {"folder": self.id, "state": self.state, "error": self.error}
+        devices = self.sharing()
+        jobs = set(self.puller.job_names())
 
         def do_scan() -> Any:
             from syncer.ignore import Ignore
 
+            recomputed = False
             if paths is None or layout.IGNORE_FILE in paths:
                 self.scanner.ignore = Ignore.load(self.root)
-            return self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete)
+                recomputed = self.need.ensure_basis(self.db, devices, self.policy())
+                if recomputed:
+                    log.info("folder %s: ignore rules changed; need recomputed", self.id)
+            progress = self.model.events.progress("FolderScanProgress", folder=self.id)
+            result = self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete, progress=progress)
+            names = [f.name for f in result.changed] + [f.name for f in result.deleted]
+            changes = self.need.recompute(self.db, devices, names, self.policy()) if names else []
+            condensed = self._condense(changes, jobs)
+            if recomputed:
+                condensed.restart, condensed.restart_key = True, None
+            return result, names, condensed
 
+        started = self.clock.monotonic()
         prev = self.state
         if self.state in ("idle", "starting"):
             self.state = "scanning"
         try:
-            result = await self.run_in_worker(do_scan)
+            result, names, changes = await self.run_in_worker(do_scan)
         except MassDelete as e:
             self.state, self.error = "paused", str(e)
             log.error("folder %s: %s", self.id, e)
@@ -220,37 +252,49 @@ class FolderRuntime:
             self.state, self.error = "stopped", str(e)
             log.error("folder %s: %s", self.id, e)
             return {"folder": self.id, "state": self.state, "error": self.error}
+        self.last_scan = self.clock.time()
         self.confirm_mass_delete = False
         if self.state == "scanning":
             self.state = prev if prev != "starting" else "idle"
         if self.state in ("stopped", "paused"):
             self.state, self.error = "idle", ""
-        changed = list(result.changed) + list(result.deleted)
-        for f in changed:
-            self.local[f.name] = f
+        self.model.events.changes(self.id, list(result.changed) + list(result.deleted))
+        self.model.events.emit(
+            "FolderScanned", folder=self.id, changed=len(result.changed), deleted=len(result.deleted),
+            errors=len(result.errors), duration=self.clock.monotonic() - started,
+        )
         for name, msg in result.errors:
             log.warning("folder %s: cannot scan %s: %s", self.id, name, msg)
         if result.temp_files:
-            self._drop_stale_temps(result.temp_files, time.time())
-        if changed:
-            self.recompute({f.name for f in changed})
-            await self.push_updates()
+            await self._drop_stale_temps(result.temp_files, self.clock.time())
+        if names:
+            self.storage.forget(names)
+            self._index_changed()
+        self._need_changed(changes)
         return {"folder": self.id, "changed": len(result.changed), "deleted": len(result.deleted), "errors": len(result.errors)}
 
-    def _drop_stale_temps(self, temps: list[tuple[str, float]], now: float) -> None:
+    async def _drop_stale_temps(self, temps: list[tuple[str, float]], now: float) -> None:
         """Remove download temp files left by a crash or an abandoned download: untouched for
         TEMP_KEEP_S and belonging to no file this device still needs (those resume from them)."""
-        for tmp, mtime in temps:
-            name = layout.final_name(tmp)
-            if now - mtime < TEMP_KEEP_S or name in self.needed or name in self.jobs or name in self.applying:
-                continue
-            try:
-                os.unlink(self.root / tmp)
-                log.info("folder %s: removed stale temp file %s", self.id, tmp)
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("folder %s: cannot remove stale temp file %s: %s", self.id, tmp, e.strerror or e)
+        old = [(tmp, layout.final_name(tmp)) for tmp, mtime in temps if now - mtime >= TEMP_KEEP_S]
+        old = [(tmp, name) for tmp, name in old if not self.puller.downloading(name)]
+        if not old:
+            return
+
+        def drop() -> None:
+            needed = self.db.need_rows(self.id, [name for _, name in old])
+            for tmp, name in old:
+                if name in needed:
+                    continue
+                try:
+                    (self.root / tmp).unlink()
+                    log.info("folder %s: removed stale temp file %s", self.id, tmp)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("folder %s: cannot remove stale temp file %s: %s", self.id, tmp, e.strerror or e)
+
+        await self.run_in_worker(drop)
 
     def _stopped(self) -> None:
         self.state = "stopped"
@@ -278,16 +322,26 @@ class FolderRuntime:
 
         sched = RescanSchedule(self.model.config.get("scan.interval_s"))
         while True:
-            now = time.monotonic()
-            await asyncio.sleep(max(1.0, sched.next(now) - now))
+            await sleep_until(self.clock, sched.next(self.clock.monotonic()))
             await self.scan(None)
 
-    # --- index exchange ------------------------------------------------------------
+    async def _prune_loop(self) -> None:
+        from syncer.model.safe_write import prune_versions
+
+        while True:
+            keep = self.model.config.get("versions.keep")
+            max_age = self.model.config.get("versions.max_age_days") * 86400.0
+            removed = await self.run_in_worker(prune_versions, self.root, keep, max_age, self.clock.time())
+            if removed:
+                log.info("folder %s: removed %d old versions from the trash can", self.id, removed)
+            await self.clock.sleep(PRUNE_INTERVAL)
+
+    # --- index exchange ------------------------------------------------------------------
     def summary_for(self, peer: DeviceId) -> tuple[int, int]:
         """(index id, max sequence) we hold of `peer`'s index of this folder."""
         return self.model.index_info.get((self.id, peer), (0, 0))
 
-    async def peer_ready(self, session: PeerSession, their_view_of_us: tuple[int, int]) -> None:
+    def peer_ready(self, session: PeerSession, their_view_of_us: tuple[int, int]) -> None:
         """The peer shares this folder with us: send our index (full, or since what it has)."""
         dev = session.device
         self.peers[dev] = session
@@ -295,388 +349,339 @@ class FolderRuntime:
         our_index_id = self.model.local_index_id(self.id)
         index_id, seq = their_view_of_us
         self.sent_seq[dev] = seq if index_id == our_index_id else -1
-        await self._send_index(dev)
-        # what they already hold becomes a source, also for downloads already under way
-        # (after a reconnect nothing else would ask this peer for their blocks)
-        self._refresh_sources(dev)
-        self.model.schedule(self)
-        self.wake.set()
+        old = self._sender_tasks.pop(dev, None)
+        if old is not None:
+            old.cancel()
+        self._sender_wake[dev] = asyncio.Event()
+        self._sender_wake[dev].set()
+        self._sender_tasks[dev] = asyncio.ensure_future(self._index_sender(session))
+        self.puller.peer_ready(dev)
+        self._kick()
 
     def peer_gone(self, dev: DeviceId) -> None:
         self.peers.pop(dev, None)
         self.sent_seq.pop(dev, None)
-        self.picker.remove_peer(dev)
-        for holders in self.partial.values():
-            holders.pop(dev, None)
-        self.model.drop_requests(self, dev)
+        task = self._sender_tasks.pop(dev, None)
+        if task is not None:
+            task.cancel()
+        self._sender_wake.pop(dev, None)
+        self.puller.peer_gone(dev)
+        self._kick()
 
-    async def _send_index(self, dev: DeviceId) -> None:
-        session = self.peers.get(dev)
-        if session is None:
-            return
-        since = self.sent_seq.get(dev, -1)
-        full = since < 0
+    def _index_changed(self) -> None:
+        for ev in self._sender_wake.values():
+            ev.set()
 
-        def read() -> list[FileInfo]:
-            if full:
-                return list(self.db.all_files(self.id, self.model.LOCAL))
-            return list(self.db.files_since(self.id, self.model.LOCAL, since))
+    async def _index_sender(self, session: PeerSession) -> None:
+        """Send the peer everything of our index it has not got, then wait for changes. Reads
+        the DB page by page and cuts messages by encoded size (a folder of big files has big
+        block lists per entry), waiting for room in the session before each."""
+        dev = session.device
+        wake = self._sender_wake[dev]
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                since = self.sent_seq.get(dev, -1)
+                full = since < 0
+                after = max(since, 0)
+                first = True
+                while True:
+                    rows: list[FileInfo] = await self.run_in_worker(lambda a=after: self.db.files_page(self.id, LOCAL, a, INDEX_PAGE))
+                    if not rows and not (full and first):
+                        break
+                    for batch in _cut(rows):
+                        await session.wait_writable()
+                        msg = Index(self.id, batch) if full and first else IndexUpdate(self.id, batch)
+                        session.send(msg)
+                        first = False
+                    if rows:
+                        after = rows[-1].sequence
+                        self.sent_seq[dev] = after
+                    if len(rows) < INDEX_PAGE:
+                        break
+        except (ConnectionError, RuntimeError):
+            return  # the session ended; a new one starts its own sender
 
-        files = await self.run_in_worker(read)
-        if not files and not full:
-            return
-        top = max((f.sequence for f in files), default=max(since, 0))
-        first = True
-        for i in range(0, max(len(files), 1), INDEX_BATCH):
-            batch = [to_wire(f) for f in files[i : i + INDEX_BATCH]]
-            msg = Index(self.id, batch) if (full and first) else IndexUpdate(self.id, batch)
-            first = False
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await session.send(msg)
-        self.sent_seq[dev] = top
+    def on_index(self, dev: DeviceId, files: list[WireFile], full: bool, size: int) -> asyncio.Event | None:
+        """Queue an index from a peer for the worker; returns an event to wait for before
+        reading more from that peer when too much is queued already."""
+        if dev not in self.peers:
+            return None
+        self._intake.put_nowait(_Intake(dev, files, full, size))
+        self._intake_bytes += size
+        if self._intake_bytes > INTAKE_LIMIT_BYTES:
+            self._intake_room.clear()
+            return self._intake_room
+        return None
 
-    async def push_updates(self) -> None:
-        for dev in list(self.peers):
-            await self._send_index(dev)
+    async def _intake_loop(self) -> None:
+        while True:
+            item = await self._intake.get()
+            try:
+                await self._take_index(item)
+            finally:
+                self._intake_bytes -= item.size
+                if self._intake_bytes <= INTAKE_LIMIT_BYTES // 2:
+                    self._intake_room.set()
 
-    async def on_index(self, dev: DeviceId, files: list[WireFile], full: bool) -> None:
+    async def _take_index(self, item: _Intake) -> None:
+        dev = item.dev
         good: list[FileInfo] = []
-        for w in files:
+        rejected = 0
+        for w in item.files:
             err = bad_file(w)
             if err:
-                log.warning("folder %s: ignoring %r from %s: %s", self.id, w.name[:200], dev.short, err)
+                rejected += 1
+                if rejected <= 3:
+                    log.warning("folder %s: ignoring %r from %s: %s", self.id, w.name[:200], dev.short, err)
                 continue
             good.append(from_wire(w))
-        rows = self.remote.setdefault(dev, {})
-        if full:
-            gone = set(rows)
-            rows.clear()
-        else:
-            gone = set()
-        for f in good:
-            rows[f.name] = f
+        if rejected > 3:
+            log.warning("folder %s: ignored %d entries from %s in all", self.id, rejected, dev.short)
+        devices = self.sharing()
+        policy = self.policy()
+        jobs = set(self.puller.job_names())
+        index_id = self.model.index_info.get((self.id, dev), (0, 0))[0]
 
-        def store() -> None:
-            if full:
-                self.db.reset_device(self.id, dev.raw)
-                self.db.set_index_id(self.id, dev.raw, self.model.index_info.get((self.id, dev), (0, 0))[0])
+        def store() -> tuple[_Changes, int]:
+            db = self.db
+            names = [f.name for f in good]
+            if item.full:  # what the device had: its global state may change now
+                names = self._forget_device(db, dev, index_id) + names
             if good:
-                self.db.update_remote(self.id, dev.raw, good)
+                db.update_remote(self.id, dev.raw, good)
+            changes = self.need.recompute(db, devices, names, policy) if names else []
+            return self._condense(changes, jobs), db.max_sequence(self.id, dev.raw)
 
-        await self.run_in_worker(store)
-        if good:
-            idx, seq = self.model.index_info.get((self.id, dev), (0, 0))
-            self.model.index_info[(self.id, dev)] = (idx, max(seq, max(f.sequence for f in good)))
-        self.recompute(gone | {f.name for f in good})
-        self._refresh_sources(dev, {f.name for f in good})
-        self.model.schedule(self)
-        self.wake.set()
-
-    # --- global state and need -------------------------------------------------------
-    def recompute(self, names: set[str] | None) -> None:
-        if names is None:
-            names = set(self.local)
-            for rows in self.remote.values():
-                names |= set(rows)
-        shared = self.model.devices_sharing(self.cfg)
-        for name in names:
-            cands = [rows[name] for dev, rows in self.remote.items() if dev in shared and name in rows]
-            local = self.local.get(name)
-            if local is not None:
-                cands.append(local)
-            glob = global_version(cands)
-            n = need(local, glob)
-            if n is Need.NOTHING or glob is None:
-                if self.needed.pop(name, None) is not None:
-                    self._need_order = None
-                self._abort_job(name, drop_temp=True)  # nothing to resume: not needed any more
-            else:
-                if self.needed.get(name, (None,))[0] is not glob:
-                    self._need_order = None
-                self.needed[name] = (glob, n)
-                job = self.jobs.get(name)
-                if job is not None and job.vkey != vkey(glob):
-                    self._abort_job(name)
-
-    def _abort_job(self, name: str, drop_temp: bool = False) -> None:
-        job = self.jobs.pop(name, None)
-        if job is None:
+        if dev not in devices:
             return
-        for peer, ref in self.picker.remove_file(name):
-            self.model.cancel_request(self, peer, ref)
-        job.release_fd()
-        if drop_temp:
-            with contextlib.suppress(OSError):
-                os.unlink(self.root / layout.temp_name(name))
+        changes, top = await self.run_in_worker(store)
+        self.model.events.changes(self.id, good, device=str(dev))
+        idx, seq = self.model.index_info.get((self.id, dev), (0, 0))
+        self.model.index_info[(self.id, dev)] = (idx, max(seq, top))
+        self._need_changed(changes)
 
-    def _refresh_sources(self, dev: DeviceId, names: set[str] | None = None) -> None:
-        rows = self.remote.get(dev, {})
-        for name in names if names is not None else list(self.jobs):
-            job = self.jobs.get(name)
-            f = rows.get(name)
-            if job is not None and f is not None and not f.deleted and vkey(f) == job.vkey:
-                self.picker.set_full_holder(dev, name)
-
-    def has_source(self, glob: FileInfo) -> bool:
-        k = vkey(glob)
-        for dev in self.peers:
-            f = self.remote.get(dev, {}).get(glob.name)
-            if f is not None and vkey(f) == k:
-                return True
-        return bool(self.partial.get((glob.name, k)))
-
-    # --- pulling ---------------------------------------------------------------------
-    async def _pull_loop(self) -> None:
+    def _forget_device(self, db: IndexDB, dev: DeviceId, index_id: int) -> list[str]:
+        """Worker: drop `dev`'s index of this folder; returns the names it had."""
+        names: list[str] = []
+        after = ""
         while True:
-            await self.wake.wait()
-            self.wake.clear()
-            if self.state == "stopped" and not self.marker_ok():
-                continue
-            if not self.marker_ok():
-                self._stopped()
-                log.error("folder %s: %s", self.id, self.error)
-                continue
-            if self.cfg.paused or self.state == "paused":
-                continue
-            try:
-                await self._pull_round()
-            except Exception:
-                log.exception("folder %s: pull round failed", self.id)
+            page = db.names(self.id, dev.raw, after, 5000)
+            names += page
+            if len(page) < 5000:
+                break
+            after = page[-1]
+        db.reset_device(self.id, dev.raw)
+        db.set_index_id(self.id, dev.raw, index_id)
+        return names
 
-    async def _pull_round(self) -> None:
-        now = time.monotonic()
-        others: list[tuple[FileInfo, FileInfo | None]] = []
-        to_start: list[tuple[FileInfo, Need]] = []
-        job_bytes = sum(j.glob.size for j in self.jobs.values())
-        if self._need_order is None:
-            # smallest first (many files finish sooner); re-sorted only when the need changed
-            self._need_order = sorted(self.needed, key=lambda name: (self.needed[name][0].size, name))
-        for name in self._need_order:
-            entry = self.needed.get(name)
-            if entry is None:
-                continue
-            glob, n = entry
-            if name in self.jobs or name in self.finishing or name in self.applying or self.retry_at.get(name, 0) > now:
-                continue
-            if glob.deleted or glob.type != FileType.FILE or n is Need.METADATA:
-                others.append((glob, self.local.get(name)))  # nothing to download
-                continue
-            if len(self.jobs) + len(to_start) >= MAX_JOBS:
-                continue
-            if job_bytes + glob.size > MAX_JOB_BYTES and (self.jobs or to_start):
-                continue
-            if glob.size and not self.has_source(glob):
-                continue
-            to_start.append((glob, n))
-            job_bytes += glob.size
-        # deletions wait until downloads are done: a deleted file may be the local source of
-        # blocks for a new one (a rename), so it must still be there while those are pulled
-        deletions = [o for o in others if o[0].deleted]
-        others = [o for o in others if not o[0].deleted]
-        if not to_start and not self.jobs and not self.finishing and not self.applying:
-            others += deletions
-        elif deletions:
-            asyncio.get_running_loop().call_later(0.5, self.wake.set)
-        if others:
-            await self._apply_others(others)
-        if to_start:
-            if not self._disk_ok(sum(g.size for g, _ in to_start)):
-                return
-            self.state = "syncing"
-            prepared = await self.run_in_worker(self._prepare_jobs, to_start)
-            for glob, n, fd, have in prepared:
-                if self.needed.get(glob.name, (None,))[0] is not glob:
-                    os.close(fd)
-                    continue
-                job = Job(glob, n is Need.CONFLICT, fd, have, vkey(glob))
-                self.jobs[glob.name] = job
-                if len(have) == len(glob.blocks):
-                    self._finished(glob.name)
-                    continue
-                self.picker.add_file(glob.name, len(glob.blocks), have)
-                self._refresh_sources_for_job(job)
-                if len(glob.blocks) > 1:
-                    await self._announce_bitfield(job)
-            self.model.schedule(self)
-        self._update_idle()
+    async def reset_peer_index(self, dev: DeviceId, index_id: int) -> None:
+        """The peer has a new index (first contact, or its database was reset)."""
+        devices = self.sharing()
+        policy = self.policy()
+        jobs = set(self.puller.job_names())
 
-    def _update_idle(self) -> None:
-        if self.state in ("syncing", "idle") and not self.jobs and not self.finishing and not self.applying:
-            self.state = "idle" if not self.needed else "syncing"
-            if self.needed and not any(self.has_source(g) or g.deleted or g.type != FileType.FILE for g, _ in self.needed.values()):
-                self.state = "idle"  # what is needed is not available from any connected peer
+        def work() -> _Changes:
+            names = self._forget_device(self.db, dev, index_id)
+            return self._condense(self.need.recompute(self.db, devices, names, policy), jobs)
 
-    def _disk_ok(self, size: int) -> bool:
-        reserve = self.model.config.get("limits.min_free_disk_mb") << 20
-        free = shutil.disk_usage(self.root).free
-        if free - size < reserve:
-            self.state = "error"
-            self.error = f"not enough free disk space ({free >> 20} MiB free, {reserve >> 20} MiB reserved): pulling paused"
-            log.error("folder %s: %s", self.id, self.error)
-            asyncio.get_running_loop().call_later(RETRY_DELAY, self.wake.set)
-            return False
-        if self.state == "error" and self.error.startswith("not enough free disk"):
-            self.state, self.error = "syncing", ""
-        return True
+        self._need_changed(await self.run_in_worker(work))
 
-    def _refresh_sources_for_job(self, job: Job) -> None:
-        name = job.glob.name
-        for dev in self.peers:
-            f = self.remote.get(dev, {}).get(name)
-            if f is not None and not f.deleted and vkey(f) == job.vkey:
-                self.picker.set_full_holder(dev, name)
-        for dev, blocks in self.partial.get((name, job.vkey), {}).items():
-            if dev in self.peers:
-                self.picker.set_partial(dev, name, blocks)
+    def file_changed(self, name: str) -> None:
+        """Serving found `name` changed on disk since the last scan: scan it soon."""
+        if name in self._changed:
+            return
+        self._changed.add(name)
+        if len(self._changed) == 1:
+            self._spawn(self._scan_changed())
 
-    def _prepare_jobs(self, items: list[tuple[FileInfo, Need]]) -> list[tuple[FileInfo, Need, int, set[int]]]:
-        """Worker thread: open temp files, reuse verified blocks (resume) and identical local
-        blocks (renames, copies, unchanged parts of an edited file)."""
-        out = []
-        known = self.db.known_hashes(self.id, (h for glob, _ in items for h in glob.blocks))
-        for glob, n in items:
-            tmp = self.root / layout.temp_name(glob.name)
-            # the temp file gets the final permissions now (kept owner-writable so a resume can
-            # reopen it), which spares most files a chmod when they are applied
-            mode = safe_write.temp_mode(glob.permissions)
-            try:
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT, mode)
-                st = os.fstat(fd)
-                if st.st_mode & 0o7777 != mode:  # umask, or an older temp file
-                    os.fchmod(fd, mode)
-            except OSError as e:
-                log.warning("folder %s: cannot create %s: %s", self.id, tmp, e)
-                self.retry_at[glob.name] = time.monotonic() + RETRY_DELAY
-                continue
-            have: set[int] = set()
-            existing = st.st_size
-            bs = glob.block_size
-            for i, h in enumerate(glob.blocks):
-                off = i * bs
-                size = min(bs, glob.size - off)
-                if off + size <= existing:
-                    data = os.pread(fd, size, off)
-                    if hashlib.sha256(data).digest() == h:
-                        have.add(i)
-                        continue
-                data = self._local_block(h, size) if h in known else None
-                if data is not None:
-                    os.pwrite(fd, data, off)
-                    have.add(i)
-            os.ftruncate(fd, glob.size)
-            out.append((glob, n, fd, have))
-        return out
+    async def _scan_changed(self) -> None:
+        await asyncio.sleep(0)  # gather what else turns up in this loop turn
+        names, self._changed = self._changed, set()
+        await self.scan(names)
 
-    def _local_block(self, h: bytes, size: int) -> bytes | None:
-        found = self.db.find_block(self.id, h)
-        if found is None:
-            return None
-        name, offset, bsize = found
-        if bsize != size:
-            return None
-        try:
-            with open(self.root / name, "rb") as f:
-                data = os.pread(f.fileno(), size, offset)
-        except OSError:
-            return None
-        return data if hashlib.sha256(data).digest() == h else None
+    @staticmethod
+    def _condense(changes: list[NeedChange], jobs: set[str]) -> _Changes:
+        """A huge change set (a first index of a big folder) goes to the puller as the changes
+        of names it is working on plus a restart of its pass from the smallest changed key (the
+        rest it reads from the DB anyway): never a million changes in memory at once."""
+        if len(changes) <= MANY_CHANGES:
+            return _Changes(changes)
+        keys = [c.key for c in changes if c.key is not None]
+        return _Changes([c for c in changes if c.name in jobs], True, min(keys) if keys else None)
 
-    async def _announce_bitfield(self, job: Job) -> None:
-        n = len(job.glob.blocks)
-        bits = bytearray((n + 7) // 8)
-        for i in job.have:
-            bits[i // 8] |= 0x80 >> (i % 8)
-        msg = Bitfield(self.id, job.glob.name, list(job.vkey), n, bytes(bits))
-        for s in list(self.peers.values()):
+    def _need_changed(self, changes: _Changes) -> None:
+        if changes.changes:
+            self.puller.need_changed(changes.changes)
+        if changes.restart:
+            self.puller.restart_from(changes.restart_key)
+        self._kick()
+
+    # --- the puller's actions ----------------------------------------------------------------
+    def _kick(self) -> None:
+        """Run the puller once this loop turn (however many events arrived in it)."""
+        if self._turn_due:
+            return
+        self._turn_due = True
+        asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._turn_due = False
+        if self.model.folders.get(self.id) is not self or not self._started.is_set():
+            return
+        if self.cfg.paused or self.state in ("paused", "stopped"):
+            return
+        now = self.clock.monotonic()
+        self.puller.fill(now, {dev: s.down_rate() for dev, s in self.peers.items()})
+        for action in self.puller.actions():
+            self._carry_out(action)
+        if self.puller.interest != self._last_interest:
+            self._last_interest = set(self.puller.interest)
+            self.model.interest_changed()
+        self._timer_wake.set()
+        self._update_state()
+
+    def _carry_out(self, action: Any) -> None:
+        if isinstance(action, SendRequests):
+            self._send(action.peer, list(action.requests))
+        elif isinstance(action, SendCancels):
+            self._send(action.peer, [Cancel(i) for i in action.ids])
+        elif isinstance(action, Announce):
+            self._announce(action)
+        elif isinstance(action, LoadNeed):
+            self._spawn(self._load(action))
+        elif isinstance(action, PrepareJobs):
+            self._spawn(self._prepare(action))
+        elif isinstance(action, AbortJob):
+            self._abort(action)
+        elif isinstance(action, ApplyBatch):
+            self._spawn(self._apply(action))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._action_done)
+
+    def _action_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # an action that failed must not stall the puller: log it, show it, and look again
+            # after a while (the puller's state is consistent: it only sees reported results)
+            log.error("folder %s: %s", self.id, exc, exc_info=exc)
+            self._task_error = f"internal error: {exc}"
+            self.puller.retry_due(self.clock.monotonic() + RETRY_BASE)
+
+    def _send(self, dev: DeviceId, msgs: list[Any]) -> None:
+        s = self.peers.get(dev)
+        if s is not None and msgs:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await s.send(msg)
+                s.send_many(msgs)
 
-    def on_bitfield(self, dev: DeviceId, msg: Bitfield) -> None:
-        k = tuple((int(a), int(b)) for a, b in msg.version)
-        if msg.block_count > 1 << 24 or len(msg.bits) != (msg.block_count + 7) // 8:
-            return
-        blocks = {i for i in range(msg.block_count) if msg.bits[i // 8] & (0x80 >> (i % 8))}
-        holders = self.partial.setdefault((msg.name, k), {})
-        holders[dev] = blocks
-        job = self.jobs.get(msg.name)
-        if job is not None and job.vkey == k:
-            self.picker.set_partial(dev, msg.name, blocks)
-            self.model.schedule(self)
-        elif msg.name in self.needed:
-            self.wake.set()
+    def _announce(self, a: Announce) -> None:
+        targets = [a.to] if a.to is not None else [d for d in self.peers if d != a.exclude]
+        for dev in targets:
+            s = self.peers.get(dev)  # type: ignore[arg-type]
+            if s is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    s.send_droppable(a.message)
 
-    def on_have(self, dev: DeviceId, msg: Have) -> None:
-        k = tuple((int(a), int(b)) for a, b in msg.version)
-        self.partial.setdefault((msg.name, k), {}).setdefault(dev, set()).add(msg.block_index)
-        job = self.jobs.get(msg.name)
-        if job is not None and job.vkey == k:
-            self.picker.have(dev, BlockRef(msg.name, msg.block_index))
-            self.model.schedule(self)
-        elif msg.name in self.needed and msg.name not in self.jobs:
-            self.wake.set()
+    async def _load(self, a: LoadNeed) -> None:
+        devices = self.sharing()
+        now_wall, now = self.clock.time(), self.clock.monotonic()
 
-    def block_arrived(self, dev: DeviceId, ref: BlockRef, ok: bool, nbytes: int) -> None:
-        """Called by the model after a piece was verified (ok) or failed verification."""
-        st = self.stats.setdefault(dev, PeerStats())
-        job = self.jobs.get(ref.file)
-        if not ok:
-            st.bad_blocks += 1
-            self.picker.failed(dev, ref, bad_data=True)
-            if self.picker.is_banned(dev):
-                log.warning("folder %s: %s sent bad blocks; no more requests to it", self.id, dev.short)
-            return
-        st.bytes_in += nbytes
-        st.blocks_in += 1
-        for peer, other in self.picker.received(dev, ref):
-            self.model.cancel_request(self, peer, other)
-        if job is None:
-            return
-        job.have.add(ref.index)
-        if len(job.glob.blocks) > 1:
-            msg = Have(self.id, ref.file, list(job.vkey), ref.index)
-            for s in list(self.peers.values()):
-                if s.device != dev:
-                    asyncio.ensure_future(_send_quiet(s, msg))
-        if self.picker.done(ref.file):
-            self._finished(ref.file)
+        def page() -> tuple[list[Any], bool, float | None]:
+            rows, exhausted = self.need.page(self.db, devices, a.after, a.inclusive, a.limit, now_wall)
+            # at the end of a pass, when entries wait for a retry: the next pass starts then
+            nxt = self.db.next_retry(self.id, now_wall) if exhausted else None
+            return rows, exhausted, nxt
 
-    def _finished(self, name: str) -> None:
-        self.picker.remove_file(name)
-        self.finishing[name] = None
-        self.finish_wake.set()
+        try:
+            rows, exhausted, nxt = await self.run_in_worker(page)
+        except BaseException:
+            self.puller.need_loaded([], True)
+            raise
+        self.puller.need_loaded(rows, exhausted)
+        if nxt is not None:
+            self.puller.retry_due(now + (nxt - now_wall) + RETRY_SLACK)
+        self._kick()
 
-    async def _finish_loop(self) -> None:
-        while True:
-            await self.finish_wake.wait()
-            self.finish_wake.clear()
-            while self.finishing:
-                names = list(itertools.islice(self.finishing, FINISH_BATCH))
-                for name in names:
-                    del self.finishing[name]
-                # until the batch is applied and the need recomputed, these names are in no
-                # job and not finishing: `applying` keeps the puller from starting them again
-                self.applying.update(names)
-                batch = []
-                for name in names:
-                    job = self.jobs.pop(name, None)
-                    if job is None:
-                        continue
-                    job.release_fd()
-                    local = self.local.get(name)
-                    batch.append((job.glob, local, job.conflict, self._loser_short(local)))
-                # their job slots are free: wake the puller now, so the next downloads are
-                # prepared as soon as the worker is done with this batch (it used to wake only
-                # after the batch, and download and apply took turns 256 files at a time)
-                self.wake.set()
-                try:
-                    await self._apply(batch, [])
-                except Exception:
-                    log.exception("folder %s: applying downloads failed", self.id)
-                finally:
-                    self.applying.difference_update(names)
-            self._update_idle()
-            self.wake.set()
+    async def _prepare(self, a: PrepareJobs) -> None:
+        try:
+            prepared = await self.run_in_worker(lambda: self.storage.prepare(self.db, list(a.jobs), a.committed_bytes))
+        except BaseException:
+            for spec in a.jobs:
+                self.puller.job_failed(spec.file.name, spec.gen)
+            raise
+        failures: list[tuple[str, str, bool]] = []
+        for p in prepared:
+            name = p.spec.file.name
+            if p.job is None:
+                failures.append((name, p.error, p.disk_full))
+                self.puller.job_failed(name, p.spec.gen)
+                continue
+            if not self.puller.is_current(name, p.spec.gen):
+                p.job.close()  # aborted while it was being prepared
+                continue
+            old = self.jobfiles.pop(name, None)
+            if old is not None:
+                old.close()
+            self.jobfiles[name] = p.job
+            self.model.events.emit("ItemStarted", folder=self.id, item=name, action="update")
+            self.puller.job_prepared(name, p.spec.gen, p.have)
+        if failures:
+            await self._record_failures(failures)
+        self._kick()
+
+    def _abort(self, a: AbortJob) -> None:
+        jf = self.jobfiles.get(a.name)
+        if jf is not None and jf.gen == a.gen:
+            del self.jobfiles[a.name]
+            jf.close()
+        if a.drop_temp:
+            self.worker.submit(self.storage.drop_temp, a.name)
+
+    async def _apply(self, batch: ApplyBatch) -> None:
+        now = self.clock.time()
+        devices = self.sharing()
+        policy = self.policy()
+        jobs = set(self.puller.job_names())
+        if batch.others:
+            self.model.events.items_started(self.id, [w.file for w in batch.others])
+        for spec in batch.finished:
+            jf = self.jobfiles.pop(spec.file.name, None)
+            if jf is not None:
+                jf.close()
+
+        def work() -> tuple[applying.Outcome, list[FileInfo], _Changes]:
+            db = self.db
+            names = [s.file.name for s in batch.finished] + [w.name for w in batch.others]
+            locals_ = db.get_many(self.id, LOCAL, names)
+            finished = [(s.file, locals_.get(s.file.name), s.conflict, self._loser_short(locals_.get(s.file.name))) for s in batch.finished]
+            others = [(w.file, locals_.get(w.name)) for w in batch.others]
+            outcome = applying.apply_batch(self.root, finished, others, now)
+            stored = db.update_local(self.id, outcome.applied) if outcome.applied else []
+            changes = self.need.recompute(db, devices, names, policy)
+            return outcome, stored, self._condense(changes, jobs)
+
+        try:
+            outcome, stored, changes = await self.run_in_worker(work)
+        finally:
+            self.puller.applied(batch)
+        self.storage.forget([s.file.name for s in batch.finished] + [w.name for w in batch.others])
+        self.model.events.items_finished(self.id, stored, outcome.errors)
+        self._need_changed(changes)
+        failures = [(name, "changed here meanwhile or not empty; trying again later", False) for name in outcome.retry]
+        failures += [(name, err, _is_disk_error(err)) for name, err in outcome.errors]
+        if failures:
+            await self._record_failures(failures)
+        if stored:
+            self._disk_full = ""
+            self._index_changed()
+        if outcome.conflicts:
+            await self.scan(set(outcome.conflicts))
+        self._kick()
 
     def _loser_short(self, local: FileInfo | None) -> str:
         if local is not None:
@@ -685,120 +690,229 @@ class FolderRuntime:
                 return name
         return self.model.device_id.short
 
-    async def _apply_others(self, others: list[tuple[FileInfo, FileInfo | None]]) -> None:
-        await self._apply([], others)
+    async def _record_failures(self, failures: list[tuple[str, str, bool]]) -> None:
+        """Remember why these could not be done and when to try again (backing off per file);
+        logged in summary, so a thousand failing files are not a thousand lines per retry."""
+        now_wall, now = self.clock.time(), self.clock.monotonic()
 
-    async def _apply(self, finished: list[Any], others: list[Any]) -> None:
-        now = time.time()
+        def record() -> float | None:
+            db = self.db
+            rows = db.need_rows(self.id, [n for n, _, _ in failures])
+            db.record_failures(self.id, [
+                (name, err, now_wall + retry_delay(rows[name].failures if name in rows else 0, disk))
+                for name, err, disk in failures
+            ])
+            nxt = db.next_retry(self.id, now_wall)
+            return None if nxt is None else now + (nxt - now_wall) + RETRY_SLACK
 
-        def work() -> tuple[applying.Outcome, list[FileInfo]]:
-            outcome = applying.apply_batch(self.root, finished, others, now)
-            stored = self.db.update_local(self.id, outcome.applied) if outcome.applied else []
-            return outcome, stored
+        retry_at = await self.run_in_worker(record)
+        self.puller.retry_due(retry_at)
+        disk = [name for name, _, d in failures if d]
+        if disk:
+            first = not self._disk_full
+            self._disk_full = next(err for _, err, d in failures if d)
+            if first:
+                log.error("folder %s: %s (%d files wait for space)", self.id, self._disk_full, len(disk))
+        other = [(n, e) for n, e, d in failures if not d]
+        if other:
+            log.warning("folder %s: %d items not synced now, e.g. %s: %s", self.id, len(other), other[0][0], other[0][1])
 
-        outcome, stored = await self.run_in_worker(work)
-        for f in stored:
-            self.local[f.name] = f
-        for name in outcome.retry:
-            self.retry_at[name] = time.monotonic() + RETRY_DELAY
-        for name, err in outcome.errors:
-            log.warning("folder %s: cannot apply %s: %s", self.id, name, err)
-            self.retry_at[name] = time.monotonic() + RETRY_DELAY
-        if outcome.retry or outcome.errors:
-            asyncio.get_running_loop().call_later(RETRY_DELAY + 0.1, self.wake.set)
-        self.recompute({f.name for f in stored} | {g.name for g, *_ in finished} | {g.name for g, _ in others})
-        if outcome.conflicts:
-            await self.scan(set(outcome.conflicts))
-        if stored:
-            await self.push_updates()
+    # --- pieces --------------------------------------------------------------------------------
+    def on_piece(self, dev: DeviceId, msg: Piece) -> None:
+        exp = self.puller.piece_arrived(dev, msg.id, len(msg.data))
+        if exp is None:
+            st = self.stats.get(dev)
+            if st is not None and self.puller.picker.is_banned(dev):
+                st.bad_blocks += 1
+            self._kick()
+            return
+        jf = self.jobfiles.get(exp.name)
+        if jf is None or jf.gen != exp.gen:
+            self.puller.block_done(dev, exp, False, local_error=True)
+            self._kick()
+            return
+        data = msg.data
+        if len(data) < HASH_IN_THREAD:
+            try:
+                result = write_block(jf, data, exp.hash, exp.offset)
+            except OSError as e:
+                self._write_failed(jf, e)
+                return
+            self._block_written(dev, exp, result)
+        else:
+            # verified and written by the pool while the session goes on reading: hashing runs
+            # on the other core, and one slow block does not stall the pipeline
+            fut = asyncio.get_running_loop().run_in_executor(self.model.hasher, write_block, jf, data, exp.hash, exp.offset)
+            fut.add_done_callback(lambda f: self._pool_done(dev, exp, jf, f))
 
+    def _pool_done(self, dev: DeviceId, exp: Expected, jf: JobFile, fut: asyncio.Future[str]) -> None:
+        if fut.cancelled():
+            return
+        try:
+            result = fut.result()
+        except OSError as e:
+            self._write_failed(jf, e)
+            return
+        self._block_written(dev, exp, result)
+
+    def _block_written(self, dev: DeviceId, exp: Expected, result: str) -> None:
+        st = self.stats.setdefault(dev, PeerStats())
+        if result == "ok":
+            st.bytes_in += exp.size
+            st.blocks_in += 1
+            self.puller.block_done(dev, exp, True)
+        elif result == "bad":
+            st.bad_blocks += 1
+            log.warning("folder %s: bad block %s#%d from %s", self.id, exp.name, exp.index, dev.short)
+            self.puller.block_done(dev, exp, False)
+            if self.puller.picker.is_banned(dev):
+                log.warning("folder %s: %s sent bad blocks; no more requests to it", self.id, dev.short)
+        self._kick()
+
+    def _write_failed(self, jf: JobFile, e: OSError) -> None:
+        disk = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        msg = "disk full" if disk else f"cannot write: {e.strerror or e}"
+        self.puller.write_failed(jf.name, jf.gen)
+        asyncio.ensure_future(self._record_failures([(jf.name, msg, disk)]))
+        self._kick()
+
+    def on_piece_error(self, dev: DeviceId, rid: int, code: int) -> None:
+        from syncer.wire import ERR_CHOKED, ERR_NO_SUCH_BLOCK, ERR_NO_SUCH_FILE
+
+        self.puller.piece_error(dev, rid, code in (ERR_NO_SUCH_FILE, ERR_NO_SUCH_BLOCK), code == ERR_CHOKED)
+        self._kick()
+
+    def on_bitfield(self, dev: DeviceId, msg: Bitfield) -> None:
+        if dev in self.peers:
+            self.puller.bitfield(dev, msg)
+            self._kick()
+
+    def on_have(self, dev: DeviceId, msg: Have) -> None:
+        if dev in self.peers:
+            self.puller.have(dev, msg)
+            self._kick()
+
+    def choked(self, dev: DeviceId, choked: bool) -> None:
+        (self.puller.choked if choked else self.puller.unchoked)(dev)
+        self._kick()
+
+    # --- serving ---------------------------------------------------------------------------------
+    def temp_block(self, name: str, index: int, offset: int, size: int, expected: bytes) -> JobFile | None:
+        """The temp file to serve a block we already hold of a download, if that is what is asked."""
+        held = self.puller.held_block(name, index)
+        jf = self.jobfiles.get(name)
+        if held is None or jf is None or jf.gen != held[1] or index >= len(held[0].blocks):
+            return None
+        f = held[0]
+        if f.blocks[index] != expected or (index * f.block_size, min(f.block_size, f.size - index * f.block_size)) != (offset, size):
+            return None
+        return jf
+
+    # --- why not in sync ----------------------------------------------------------------------
+    def explain(self, rows: list[NeedRow]) -> list[dict[str, Any]]:
+        """A reason and a sentence for each need row (event loop: reads the runtime's state)."""
+        state = "paused" if self.cfg.paused or self.state == "paused" else self.state
+
+        def running(name: str, states: tuple[str, ...]) -> bool:
+            return self.puller.state_of(name) in states
+
+        facts = Facts(
+            state=state,
+            downloading=lambda n: running(n, ("preparing", "downloading")),
+            applying=lambda n: running(n, ("finished", "applying")),
+            connected={d.raw for d in self.peers},
+            choked_by={d.raw for d in self.model.choked_by},
+            device_name=self.model.device_label,
+            now_wall=self.clock.time(),
+        )
+        out = []
+        for row in rows:
+            r = explain(row, facts)
+            item: dict[str, Any] = {
+                "name": row.name,
+                "kind": {0: "directory/symlink", 1: "file", 2: "deletion"}.get(row.kind, "file"),
+                "size": row.size,
+                "reason": r.code,
+                "text": r.text,
+            }
+            if row.error:
+                item["error"] = row.error
+                eno = errno_of(row.error)
+                if eno is not None:
+                    item["errno"] = eno
+            if row.holders:
+                item["available_from"] = [self.model.device_label(h) for h in row.holders[:5]]
+            out.append(item)
+        return out
+
+    # --- time ---------------------------------------------------------------------------------
     async def _timer_loop(self) -> None:
         while True:
-            await asyncio.sleep(5.0)
-            now = time.monotonic()
-            for peer, ref in self.picker.timeouts(now, REQUEST_TIMEOUT):
-                self.model.cancel_request(self, peer, ref)
-            if self.needed:
-                self.wake.set()
-            self.model.schedule(self)
+            self._timer_wake.clear()
+            await sleep_until(self.clock, self.puller.get_timer(), self._timer_wake)
+            deadline = self.puller.get_timer()
+            if deadline is not None and self.clock.monotonic() >= deadline:
+                self.puller.handle_timer(self.clock.monotonic())
+                self._kick()
 
-    # --- serving ----------------------------------------------------------------------
-    def read_block(self, req: Request) -> bytes | int:
-        """Block data for a peer's request, or a PieceError code."""
-        f = self.local.get(req.name)
-        if f is not None and not f.deleted and f.type == FileType.FILE and req.block_index < len(f.blocks):
-            if f.blocks[req.block_index] == req.hash:
-                off = req.block_index * f.block_size
-                size = min(f.block_size, f.size - off)
-                if (off, size) != (req.offset, req.size):
-                    return ERR_NO_SUCH_BLOCK
-                fd = self._open_for_serving(f)
-                if fd is None:
-                    return ERR_NO_SUCH_BLOCK
-                return os.pread(fd, size, off)
-        job = self.jobs.get(req.name)
-        if job is not None and req.block_index in job.have and req.block_index < len(job.glob.blocks):
-            if job.glob.blocks[req.block_index] == req.hash and job.fd >= 0:
-                off = req.block_index * job.glob.block_size
-                size = min(job.glob.block_size, job.glob.size - off)
-                if (off, size) == (req.offset, req.size):
-                    return os.pread(job.fd, size, off)
-        return ERR_NO_SUCH_FILE if f is None and job is None else ERR_NO_SUCH_BLOCK
+    # --- status ---------------------------------------------------------------------------------
+    def _update_state(self) -> None:
+        if self.state in ("syncing", "idle"):
+            self.state = "syncing" if self.puller.busy() else "idle"
 
-    def _open_for_serving(self, f: FileInfo) -> int | None:
-        """A cached read-only fd of the file, if the file on disk is still the version `f`
-        (opening per block would cost syscalls and a watcher event each time)."""
-        fd = self._serving.pop(f.name, None)
-        if fd is not None and not _is_version(fd, f):
-            os.close(fd)  # replaced since we opened it
-            fd = None
-        if fd is None:
-            try:
-                fd = os.open(self.root / f.name, os.O_RDONLY)
-            except OSError:
-                return None
-            if not _is_version(fd, f):
-                os.close(fd)
-                asyncio.ensure_future(self.scan({f.name}))  # changed since the last scan
-                return None
-        self._serving[f.name] = fd
-        while len(self._serving) > SERVING_FDS:
-            os.close(self._serving.pop(next(iter(self._serving))))
-        return fd
+    def totals(self, what: str) -> tuple[int, int]:
+        """(entries, bytes): 'local' index, 'need' (to fetch), 'skipped' (deliberately not)."""
+        return self.db.totals(self.id, what)
 
-    # --- status -----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        need_bytes = sum(g.size for g, _ in self.needed.values() if not g.deleted)
-        local_files = local_bytes = 0
-        for f in self.local.values():
-            if not f.deleted:
-                local_files += 1
-                local_bytes += f.size
+        db = self.db
+        need_files, need_bytes = db.totals(self.id, "need")
+        local_files, local_bytes = db.totals(self.id, "local")
+        error_count = db.count_need_errors(self.id)
         glob_bytes = local_bytes + need_bytes
         completion = 100.0 if glob_bytes == 0 else 100.0 * (glob_bytes - need_bytes) / glob_bytes
-        if self.needed and need_bytes == 0:
+        if need_files and need_bytes == 0:
             completion = min(completion, 99.9)
+        error = self.error or self._disk_full or self._task_error
+        if not error and self.supervisor.failures:
+            f = next(iter(self.supervisor.failures.values()))
+            error = f"{f.task} failed: {f.error} (restarting)"
         return {
             "id": self.id,
             "label": self.cfg.label,
             "path": str(self.root),
-            "state": "paused" if self.cfg.paused else self.state,
-            "error": self.error,
+            "state": "paused" if self.cfg.paused else ("error" if self._disk_full and self.state in ("idle", "syncing") else self.state),
+            "error": error,
             "completion": round(completion, 2),
-            "need_files": len(self.needed),
+            "need_files": need_files,
             "need_bytes": need_bytes,
             "local_files": local_files,
             "local_bytes": local_bytes,
+            "file_error_count": error_count,
+            "file_errors": [{"name": n, "error": e} for n, e in db.need_errors(self.id, FILE_ERRORS_SHOWN)] if error_count else [],
+            "last_scan": self.last_scan,
             "peers": {str(dev): dict(vars(st)) for dev, st in self.stats.items()},
         }
 
 
-def _is_version(fd: int, f: FileInfo) -> bool:
-    st = os.fstat(fd)
-    return st.st_size == f.size and st.st_mtime_ns == f.mtime_ns
+def _cut(rows: list[FileInfo]) -> list[list[WireFile]]:
+    """Index rows as messages of about INDEX_MESSAGE_BYTES encoded each (estimated from what
+    dominates an entry: its name and its block hashes)."""
+    out: list[list[WireFile]] = []
+    batch: list[WireFile] = []
+    size = 0
+    for f in rows:
+        n = 96 + len(f.name.encode()) * 2 + 34 * len(f.blocks) + len(f.symlink_target.encode()) + 20 * len(f.version)
+        if batch and size + n > INDEX_MESSAGE_BYTES:
+            out.append(batch)
+            batch, size = [], 0
+        batch.append(to_wire(f))
+        size += n
+    if batch:
+        out.append(batch)
+    return out
 
 
-async def _send_quiet(session: PeerSession, msg: Any) -> None:
-    with contextlib.suppress(ConnectionError, RuntimeError, OSError):
-        await session.send(msg)
+def _is_disk_error(err: str) -> bool:
+    return "No space left" in err or "Disk quota" in err
 

@@ -13,6 +13,11 @@ from syncer.wire import WireFile
 MIN_BLOCK = 128 << 10
 MAX_BLOCK = 16 << 20
 MAX_NAME = 4096
+MAX_TARGET = 4096
+MAX_VERSION_ENTRIES = 1000  # devices that ever changed one file
+INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
+UINT64_MAX = (1 << 64) - 1
 
 
 def bad_name(name: str) -> str | None:
@@ -40,10 +45,22 @@ def bad_file(w: WireFile) -> str | None:
         return err
     if w.type not in (0, 1, 2):
         return f"unknown file type {w.type}"
-    if w.size < 0 or w.sequence < 0:
-        return "negative size or sequence"
-    if not w.version:
-        return "empty version vector"
+    # everything is stored as SQLite's signed 64-bit integers: nothing out of range gets in
+    if not 0 <= w.size <= INT64_MAX or not 0 <= w.sequence <= INT64_MAX:
+        return "size or sequence out of range"
+    if not INT64_MIN <= w.mtime_ns <= INT64_MAX:
+        return "modification time out of range"
+    if not 0 <= w.permissions <= 0o7777:
+        return f"permissions {w.permissions!r} out of range"
+    if not 0 <= w.modified_by <= UINT64_MAX or not 0 <= w.block_size <= MAX_BLOCK:
+        return "modified_by or block size out of range"
+    if not w.version or len(w.version) > MAX_VERSION_ENTRIES:
+        return "empty or oversized version vector"
+    for entry in w.version:
+        if len(entry) != 2 or not 0 <= entry[0] <= UINT64_MAX or not 1 <= entry[1] <= INT64_MAX:
+            return "version vector entry out of range"
+    if len(w.symlink_target) > MAX_TARGET:
+        return "symlink target too long"
     if w.type == 0 and not w.deleted:
         bs = w.block_size
         if bs < MIN_BLOCK or bs > MAX_BLOCK or bs & (bs - 1):

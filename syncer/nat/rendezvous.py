@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BIND_INTERVAL = 0.1
 RENDEZVOUS_TIMEOUT = 10.0  # request -> PunchStart (the relay gives up after its punch_timeout)
+MAX_BINDERS = 8  # punch invitations answered at once
 
 
 async def resolve_udp(host: str, port: int) -> Addr:
@@ -258,6 +259,8 @@ class PunchResponder:
             cookie = self._relay.cookie if self._relay is not None else None
             if cookie is None or self.udp is None or msg.punch_id in self._binders:
                 return
+            if len(self._binders) >= MAX_BINDERS or not self._invited_by_accepted(msg.device):
+                return  # a stranger (or a flood) gets no UDP traffic from us
             binder = asyncio.ensure_future(_bind_repeatedly(self.udp, self.server, cookie, BIND_INTERVAL))
             self._binders[msg.punch_id] = binder
             # the relay gives up after its punch timeout; stop binding by then in any case
@@ -265,9 +268,17 @@ class PunchResponder:
             binder.add_done_callback(lambda _, pid=msg.punch_id: self._binders.pop(pid, None))
         elif isinstance(msg, p.PunchStart):
             binder = self._binders.pop(msg.punch_id, None)
-            if binder is not None:
-                binder.cancel()
+            if binder is None:
+                return  # not a punch we agreed to
+            binder.cancel()
             self._spawn(self._punch(msg))
+
+    def _invited_by_accepted(self, raw: bytes) -> bool:
+        try:
+            device = p.device_bytes(raw)
+        except p.RelayProtocolError:
+            return False
+        return self._relay is None or self._relay.accepts(device)
 
     async def _punch(self, start: p.PunchStart) -> None:
         assert self.udp is not None

@@ -16,6 +16,10 @@ Things aioquic does not do by itself, and how this module does them (docs/nat.md
   whether or not the application reads. `_Connection` grants credit from what the application
   consumed instead, so a slow reader holds at most STREAM_WINDOW bytes; writers wait while more
   than WRITE_HIGH_WATER bytes are unacknowledged.
+- Pre-auth budget: a server connection counts against a `PreAuthGate` (at most
+  MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_IP per source; further Initials are dropped) from its
+  first Initial until the application accepts the peer (`Stream.peer_accepted()`) or it ends, and
+  until then its stream window is PREAUTH_STREAM_WINDOW instead of STREAM_WINDOW.
 - Keepalive: a PING after KEEPALIVE_INTERVAL without sending, so NAT mappings stay open.
 - Datagram size: 16,000 bytes on loopback (aioquic's throughput is bound by per-packet work),
   1,350 elsewhere.
@@ -46,6 +50,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity, ca_cert_path
 from syncer.net import tls
+from syncer.net.admission import GateStats, PreAuthGate, Ticket
 from syncer.net.transport import READ_SIZE, Address, Listener, Stream, StreamHandler, TransportError
 from syncer.net.udp import KEEPALIVE_INTERVAL, Addr, Keepalive, UdpEndpoint
 
@@ -65,6 +70,9 @@ LOOPBACK_DATAGRAM_SIZE = 16_000
 DEFAULT_DATAGRAM_SIZE = 1350
 CID_LENGTH = 8
 MAX_CONNECTIONS = 1024  # per endpoint; further Initials are dropped (handshake-flood bound)
+MAX_PENDING_HANDSHAKES = 64  # server connections not accepted by the application yet
+MAX_PENDING_PER_IP = 8
+PREAUTH_STREAM_WINDOW = 64 << 10
 # The client opens the stream by sending this byte (a version of this mapping); until then the
 # server has no stream to hand out, since QUIC streams exist only once data is sent on them.
 STREAM_PREAMBLE = b"\x01"
@@ -90,7 +98,8 @@ def _configuration(identity: Identity, is_client: bool, remote_host: str) -> Qui
         idle_timeout=IDLE_TIMEOUT,
         max_datagram_size=datagram_size_for(remote_host),
         max_data=CONNECTION_WINDOW,
-        max_stream_data=STREAM_WINDOW,
+        # a server grants little until the application accepted the peer (Stream.peer_accepted)
+        max_stream_data=STREAM_WINDOW if is_client else PREAUTH_STREAM_WINDOW,
         connection_id_length=CID_LENGTH,
         verify_mode=ssl.CERT_REQUIRED,
         cafile=str(ca_cert_path()),
@@ -105,6 +114,7 @@ class _Connection(QuicConnection):
     def __init__(self, *, configuration: QuicConfiguration, **kw: Any) -> None:
         super().__init__(configuration=configuration, **kw)
         self.consumed: dict[int, int] = {}  # stream id -> bytes the application has read
+        self.window = configuration.max_stream_data  # receive window granted beyond `consumed`
         # one client-initiated bidirectional stream; the server may open none
         allowed = 0 if configuration.is_client else 1
         for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
@@ -117,7 +127,7 @@ class _Connection(QuicConnection):
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         if stream.max_stream_data_local:
-            window = self._configuration.max_stream_data
+            window = self.window
             target = self.consumed.get(stream.stream_id, 0) + window
             # move the window once the reader consumed half of it (batches MAX_STREAM_DATA)
             if target - stream.max_stream_data_local >= window // 2:
@@ -138,7 +148,7 @@ class _Connection(QuicConnection):
         stream = self._streams.get(stream_id)
         if stream is None:
             return False
-        window = self._configuration.max_stream_data
+        window = self.window
         target = self.consumed.get(stream_id, 0) + window
         return target - stream.max_stream_data_local_sent >= window // 2
 
@@ -227,6 +237,9 @@ class QuicStream(Stream):
     async def writelines(self, chunks: list[bytes]) -> None:
         await self.write(b"".join(chunks))
 
+    def peer_accepted(self) -> None:
+        self._d.accepted()
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -280,6 +293,15 @@ class _Driver:
         self._timer_at: float | None = None
         self._keepalive = Keepalive(keepalive, loop.time())
         self._handshake_timer = loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        self.ticket: Ticket | None = None  # a server connection's place in the pre-auth budget
+
+    def accepted(self) -> None:
+        """The application accepted the peer: full stream window, out of the pre-auth budget."""
+        self.endpoint._release(self)
+        if self.quic.window < STREAM_WINDOW:
+            self.quic.window = STREAM_WINDOW
+            if not self.terminated:
+                self.transmit()  # announce the larger window now
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         if self.terminated:
@@ -456,6 +478,7 @@ class QuicEndpoint:
         self._drivers: set[_Driver] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.gate = PreAuthGate(MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_IP, evict_idle=False)
         udp.on_quic = self._datagram_received
 
     async def connect(self, addr: Addr, timeout: float = HANDSHAKE_TIMEOUT) -> QuicStream:
@@ -491,6 +514,9 @@ class QuicEndpoint:
     def connections(self) -> int:
         return len(self._drivers)
 
+    def statistics(self) -> GateStats:
+        return self.gate.statistics()
+
     # internals --------------------------------------------------------------------------------
     def _add(self, quic: _Connection, addr: Addr, cids: list[bytes]) -> _Driver:
         driver = _Driver(quic, self, addr, self.keepalive)
@@ -505,7 +531,12 @@ class QuicEndpoint:
     def _unregister(self, cid: bytes) -> None:
         self._by_cid.pop(cid, None)
 
+    def _release(self, driver: _Driver) -> None:
+        if driver.ticket is not None:
+            self.gate.release(driver.ticket)
+
     def _forget(self, driver: _Driver) -> None:
+        self._release(driver)
         self._drivers.discard(driver)
         for cid in [c for c, d in self._by_cid.items() if d is driver]:
             del self._by_cid[cid]
@@ -528,10 +559,14 @@ class QuicEndpoint:
             cfg = _configuration(self._identity, False, addr[0])
             if header.version not in cfg.supported_versions:
                 return
+            ticket = self.gate.admit(addr[0], asyncio.get_running_loop().time()).ticket
+            if ticket is None:
+                return  # too many handshakes pending (from this source): the client retries
             quic = _Connection(
                 configuration=cfg, original_destination_connection_id=header.destination_cid
             )
             driver = self._add(quic, addr, [header.destination_cid, quic.host_cid])
+            driver.ticket = ticket
         driver.datagram_received(data, addr)
 
     def _accepted(self, stream: QuicStream) -> None:

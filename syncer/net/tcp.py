@@ -1,27 +1,49 @@
-"""TCP + TLS 1.3 transport on asyncio."""
+"""TCP + TLS 1.3 transport on asyncio.
+
+Inbound connections are pre-auth until the application calls `Stream.peer_accepted()` (the
+daemon's pairing gate): until then they are counted by a `PreAuthGate` (admission.py: per-source
+and total caps, idle ones evicted first) and cost little. The listener runs its own accept loop:
+an accepted socket first waits, holding nothing but its descriptor, for the client's first bytes;
+only then does the TLS layer (asyncio's SSL protocol, 256 KiB of buffer) exist, and our receive
+buffer stays at PREAUTH_READ_BUFFER until the peer is accepted. The whole way from accept to a
+finished handshake is bounded by HANDSHAKE_TIMEOUT. Running out of descriptors (EMFILE) pauses
+accepting with a backoff and is logged once per episode, never ends the loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import ssl
 import struct
 from collections.abc import Callable
 
 from syncer.identity import Identity
 from syncer.net import tls
+from syncer.net.admission import GateStats, PreAuthGate, Ticket
 from syncer.net.transport import READ_SIZE, Address, Listener, Stream, StreamHandler, TransportError
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0  # accept -> TLS handshake done
 STREAM_LIMIT = 4 << 20
 WRITE_HIGH_WATER = 4 << 20
 READ_BUFFER = 256 << 10  # initial receive buffer per connection; grows while data is held
 READ_HIGH_WATER = 4 << 20  # unread bytes at which reading from the socket pauses
 MIN_READ_ROOM = 256 << 10
 COMPACT_FROM = 2 << 20  # below this size the buffer grows instead of compacting
+# before the peer is accepted: a small buffer, and reading pauses early
+PREAUTH_READ_BUFFER = 8 << 10
+PREAUTH_READ_ROOM = 4 << 10
+PREAUTH_HIGH_WATER = 64 << 10
+LISTEN_BACKLOG = 256
+ACCEPT_BACKOFF = 0.05  # first pause after running out of descriptors; doubles up to the max
+ACCEPT_BACKOFF_MAX = 1.0
+LIMIT_LOG_INTERVAL = 60.0
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _U32 = struct.Struct(">I")
 
 
@@ -78,9 +100,11 @@ class _TlsProtocol(asyncio.BufferedProtocol):
     `get_buffer()`, and `read()` copies out once. (StreamReader would copy each byte three
     times on the event loop thread: joining decrypted chunks, feed_data, read.)"""
 
-    def __init__(self, on_connected: Callable[[_TlsProtocol], None] | None = None) -> None:
-        self._buf = bytearray(READ_BUFFER)
+    def __init__(self, preauth: bool = False) -> None:
+        self._buf = bytearray(PREAUTH_READ_BUFFER if preauth else READ_BUFFER)
         self._view = memoryview(self._buf)
+        self._room = PREAUTH_READ_ROOM if preauth else MIN_READ_ROOM
+        self._high_water = PREAUTH_HIGH_WATER if preauth else READ_HIGH_WATER
         self._start = 0  # unread data is _buf[_start:_end]
         self._end = 0
         self._eof = False
@@ -88,7 +112,6 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._writing_paused = False
-        self._on_connected = on_connected
         self.align_limit = 0  # see TcpStream.align_reads
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -97,19 +120,17 @@ class _TlsProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
-        if self._on_connected is not None:
-            self._on_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._start == self._end:
             self._start = self._end = 0
-        if len(self._buf) - self._end < MIN_READ_ROOM:
+        if len(self._buf) - self._end < self._room:
             unread = self._end - self._start
-            if unread + MIN_READ_ROOM > len(self._buf) or (unread and len(self._buf) < COMPACT_FROM):
+            if unread + self._room > len(self._buf) or (unread and len(self._buf) < COMPACT_FROM):
                 # grow rather than move unread data to the front over and over: a connection
                 # carrying bulk data settles at a few MiB (bounded: reading pauses at
-                # READ_HIGH_WATER unread bytes); an idle one keeps READ_BUFFER
-                buf = bytearray(2 * len(self._buf))
+                # _high_water unread bytes); an idle one keeps its initial buffer
+                buf = bytearray(max(2 * len(self._buf), unread + self._room))
                 buf[:unread] = self._view[self._start : self._end]
                 self._buf, self._view = buf, memoryview(buf)
             else:
@@ -119,7 +140,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
-        if not self._reading_paused and self._end - self._start >= READ_HIGH_WATER and self.transport:
+        if not self._reading_paused and self._end - self._start >= self._high_water and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()
         self._wake_reader()
@@ -165,21 +186,31 @@ class _TlsProtocol(asyncio.BufferedProtocol):
             return b""
         data = self._view[self._start : self._start + n].tobytes()
         self._start += n
-        if self._reading_paused and self._end - self._start < READ_HIGH_WATER // 4 and self.transport:
+        self._maybe_resume()
+        return data
+
+    def full_size(self) -> None:
+        """The peer was accepted: buffers may grow as for any connection."""
+        self._room, self._high_water = MIN_READ_ROOM, READ_HIGH_WATER
+        self._maybe_resume()
+
+    def _maybe_resume(self) -> None:
+        if self._reading_paused and self._end - self._start < self._high_water // 4 and self.transport:
             self._reading_paused = False
             self.transport.resume_reading()
-        return data
 
     def _readable(self, max_bytes: int) -> int:
         """How many buffered bytes a read returns now (0: wait for more)."""
         avail = self._end - self._start
-        if not avail or not self.align_limit:
+        # a record held back must fit below the point where reading pauses
+        align_limit = min(self.align_limit, self._high_water // 2)
+        if not avail or not align_limit:
             return min(max_bytes, avail)
         # end at a record boundary: whole records only, at least one even beyond max_bytes
         pos, end = self._start, self._end
         while end - pos >= 4:
             size = 4 + _U32.unpack_from(self._buf, pos)[0]
-            if size > self.align_limit:
+            if size > align_limit:
                 # too big to hold back for: hand over what there is, the reader joins it
                 return min(max_bytes, avail) if pos == self._start else pos - self._start
             if pos + size > end or (pos + size - self._start > max_bytes and pos > self._start):
@@ -200,7 +231,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
 class TcpStream(Stream):
     transport = "tcp"
 
-    def __init__(self, proto: _TlsProtocol) -> None:
+    def __init__(self, proto: _TlsProtocol, on_accepted: Callable[[], None] | None = None) -> None:
         assert proto.transport is not None
         self._proto = proto
         self._transport = proto.transport
@@ -208,6 +239,13 @@ class TcpStream(Stream):
         host, port = self._transport.get_extra_info("peername")[:2]
         self.remote_address = str(Address("tcp", host, port))
         self._closed = False
+        self._on_accepted = on_accepted
+
+    def peer_accepted(self) -> None:
+        on_accepted, self._on_accepted = self._on_accepted, None
+        if on_accepted is not None:
+            on_accepted()
+            self._proto.full_size()
 
     async def read(self, max_bytes: int = READ_SIZE) -> bytes:
         return await self._proto.read(max_bytes)
@@ -217,8 +255,7 @@ class TcpStream(Stream):
         boundaries (for records up to `limit` bytes), so the reader can parse every record in
         place instead of joining pieces of it. Harmless on other data: a record that is too big
         or never completes is handed over as it comes."""
-        # a record held back must fit below the point where reading pauses
-        self._proto.align_limit = min(limit, READ_HIGH_WATER // 2)
+        self._proto.align_limit = limit
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         await self.writelines([data])  # type: ignore[list-item]
@@ -246,55 +283,168 @@ class TcpStream(Stream):
 
 
 class TcpListener(Listener):
-    def __init__(self, server: asyncio.Server, url: str) -> None:
-        self._server = server
+    """A listening socket with its own accept loop and pre-auth admission (module docstring)."""
+
+    def __init__(self, sock: socket.socket, url: str, ctx: ssl.SSLContext, handler: StreamHandler, gate: PreAuthGate) -> None:
+        self._sock = sock
         self.url = url
+        self._ctx = ctx
+        self._handler = handler
+        self.gate = gate
+        self._loop = asyncio.get_running_loop()
+        self._preauth: set[asyncio.Task[None]] = set()  # waiting for bytes or handshaking
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._starved = 0  # accept attempts failed for lack of descriptors in this episode
+        self.accept_errors = 0
+        self._limit_logged = -LIMIT_LOG_INTERVAL
+        self._accepting = self._loop.create_task(self._accept_loop())
+
+    def statistics(self) -> GateStats:
+        return self.gate.statistics()
 
     async def close(self) -> None:
-        self._server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.wait_closed(), 5)
+        self._accepting.cancel()
+        for t in list(self._preauth):
+            t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._accepting
+        self._sock.close()
+        if self._preauth:
+            await asyncio.wait(list(self._preauth), timeout=5)
+
+    async def _accept_loop(self) -> None:
+        backoff = ACCEPT_BACKOFF
+        while True:
+            try:
+                conn, addr = await self._loop.sock_accept(self._sock)
+            except OSError as e:
+                self.accept_errors += 1
+                if e.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+                    continue  # that connection is gone; the next may be fine
+                if not self._starved:
+                    # once per episode: a flood would otherwise log every retry
+                    log.warning("%s: cannot accept connections (%s); retrying with backoff", self.url, e.strerror or e)
+                self._starved += 1
+                await asyncio.sleep(backoff)  # back off: the pending connection stays queued
+                backoff = min(ACCEPT_BACKOFF_MAX, backoff * 2)
+                continue
+            if self._starved:
+                log.info("%s: accepting connections again (%d attempts failed)", self.url, self._starved)
+                self._starved, backoff = 0, ACCEPT_BACKOFF
+            self._admit(conn, addr[0])
+            # an accept that succeeds at once does not yield: let the rest of the loop run
+            # between accepts, or a flood would starve it (and the tasks just started)
+            await asyncio.sleep(0)
+
+    def _admit(self, conn: socket.socket, ip: str) -> None:
+        now = self._loop.time()
+        decision = self.gate.admit(ip, now)
+        if decision.evicted is not None:
+            decision.evicted.handle.cancel()
+        if decision.ticket is None or decision.evicted is not None:
+            self._report_limit(now)
+        if decision.ticket is None:
+            log.debug("%s: connection from %s refused (pre-auth limit)", self.url, ip)
+            conn.close()
+            return
+        ticket = decision.ticket
+        handed_off: list[bool] = []
+        task = self._loop.create_task(self._serve(conn, ip, ticket, handed_off))
+        ticket.handle = task
+        self._preauth.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._preauth.discard(t)
+            self._handlers.discard(t)
+            if not handed_off:  # failed, timed out, or cancelled (possibly before it ever ran)
+                self.gate.release(ticket)
+                conn.close()
+
+        task.add_done_callback(done)
+
+    def _report_limit(self, now: float) -> None:
+        """At most one line per LIMIT_LOG_INTERVAL while the pre-auth limits bite."""
+        if now - self._limit_logged < LIMIT_LOG_INTERVAL:
+            return
+        self._limit_logged = now
+        st = self.gate.statistics()
+        log.warning(
+            "%s: pre-auth limits reached (%d connections waiting to authenticate); %d refused and %d evicted so far",
+            self.url, st.pending, st.refused, st.evicted,
+        )
+
+    async def _serve(self, conn: socket.socket, ip: str, ticket: Ticket, handed_off: list[bool]) -> None:
+        task = asyncio.current_task()
+        deadline = self._loop.time() + HANDSHAKE_TIMEOUT
+        try:
+            await _readable(self._loop, conn, HANDSHAKE_TIMEOUT)
+            self.gate.busy(ticket)
+            _, proto = await self._loop.connect_accepted_socket(
+                lambda: _TlsProtocol(preauth=True),
+                conn,
+                ssl=self._ctx,
+                ssl_handshake_timeout=max(0.1, deadline - self._loop.time()),
+            )
+        except (TimeoutError, OSError, ssl.SSLError, ValueError) as e:
+            log.debug("%s: inbound connection from %s failed before authentication: %r", self.url, ip, e)
+            return  # the done callback releases and closes
+        handed_off.append(True)  # the TLS transport owns the socket now
+        self._preauth.discard(task)  # type: ignore[arg-type]
+        self._handlers.add(task)  # type: ignore[arg-type]
+        proto.lost.add_done_callback(lambda _: self.gate.release(ticket))
+        try:
+            stream = TcpStream(proto, on_accepted=lambda: self.gate.release(ticket))
+        except (ssl.SSLError, OSError, ValueError) as e:
+            log.info("%s: inbound connection from %s refused: %s", self.url, ip, e)
+            proto.transport.abort()  # type: ignore[union-attr]
+            return
+        try:
+            await self._handler(stream)
+        except Exception:
+            log.exception("%s: stream handler failed", self.url)
+            stream.abort()
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: float) -> None:
+    """Wait until `sock` has data (or EOF) to read, holding no buffer meanwhile."""
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await asyncio.wait_for(fut, timeout)
+    finally:
+        loop.remove_reader(fd)
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A listening socket; `::` listens on IPv6 and IPv4 (dual stack) where the OS can."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    dual = host == "::" and socket.has_dualstack_ipv6()
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG, dualstack_ipv6=dual)
+    sock.setblocking(False)
+    return sock
 
 
 class TcpTransport:
     scheme = "tcp"
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, gate: PreAuthGate | None = None) -> None:
         self._server_ctx = tls.server_context(identity)
         self._client_ctx = tls.client_context(identity)
+        self._gate = gate
 
     async def listen(self, url: str, handler: StreamHandler) -> TcpListener:
         addr = Address.parse(url)
-
-        loop = asyncio.get_running_loop()
-        tasks: set[asyncio.Task[None]] = set()
-
-        def on_connected(proto: _TlsProtocol) -> None:
-            try:
-                stream = TcpStream(proto)
-            except (ssl.SSLError, OSError, ValueError) as e:
-                log.info("inbound connection refused: %s", e)
-                if proto.transport is not None:
-                    proto.transport.close()
-                return
-            task = loop.create_task(handler(stream))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
         try:
-            server = await loop.create_server(
-                lambda: _TlsProtocol(on_connected),
-                addr.host,
-                addr.port,
-                ssl=self._server_ctx,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                reuse_address=True,
-            )
+            sock = bind_tcp(addr.host, addr.port)
         except OSError as e:
             raise TransportError(f"cannot listen on {url}: {e.strerror or e}") from None
-        host, port = server.sockets[0].getsockname()[:2]
-        return TcpListener(server, str(Address("tcp", host, port)))
-
+        host, port = sock.getsockname()[:2]
+        bound = str(Address("tcp", host, port))
+        # one gate per transport: the caps hold across all of its listeners
+        if self._gate is None:
+            self._gate = PreAuthGate()
+        return TcpListener(sock, bound, self._server_ctx, handler, self._gate)
     async def connect(self, url: str, timeout: float = 10.0) -> TcpStream:
         addr = Address.parse(url)
         try:

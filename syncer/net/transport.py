@@ -2,7 +2,8 @@
 
 A `Stream` is a bidirectional, ordered, reliable byte stream whose far end has completed mutual
 TLS; `peer` is the device ID computed from the peer's certificate. Whether that device may talk
-to us is the caller's decision (see connections.py), not the transport's. Every transport passes
+to us is the caller's decision (the daemon's pairing gate), not the transport's; the caller
+reports a positive decision with `peer_accepted()`. Every transport passes
 the shared conformance tests in tests/transport_conformance.py.
 """
 
@@ -46,6 +47,12 @@ class Stream(abc.ABC):
     @abc.abstractmethod
     def abort(self) -> None:
         """Drop the connection at once, without flushing."""
+
+    def peer_accepted(self) -> None:
+        """The application accepted the peer (a paired device): the connection leaves the
+        transport's pre-authentication budget and may use full-size buffers. Idempotent; until
+        it is called an inbound connection counts against the caps of net/admission.py."""
+        return None  # transports without a pre-auth budget (memory, relay) have nothing to do
 
 
 StreamHandler = Callable[[Stream], Awaitable[None]]

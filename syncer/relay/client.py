@@ -10,6 +10,10 @@ for TCP; it must also match the device the relay said it paired us with.
 `register(on_stream)` keeps a control connection (ping every PING_INTERVAL, reconnect with
 backoff) and accepts invitations; `connect(device_id)` asks the relay for a session. The control
 connection also carries the rendezvous messages used by nat/rendezvous.py.
+
+Invitations are answered only as `InviteGate` (invites.py) allows: the inviting device must pass
+the `accept` policy (the daemon's "is it paired?") before any connection is opened, and
+concurrent and per-second invitations are capped.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from syncer.net.backoff import Backoff
 from syncer.net.tcp import STREAM_LIMIT, ReaderWriterStream
 from syncer.net.transport import StreamHandler, TransportError
 from syncer.relay import protocol as p
+from syncer.relay.invites import InviteGate, Policy
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +99,9 @@ class _RelayConnection:
 class RelayTransport:
     scheme = "relay"
 
-    def __init__(self, identity: Identity, relay_url: str) -> None:
+    def __init__(self, identity: Identity, relay_url: str, accept: Policy | None = None) -> None:
         self.identity = identity
+        self.invites = InviteGate(accept)
         self.relay = p.RelayUrl.parse(relay_url)
         self._relay_ctx = tls.client_context(identity)
         self._relay_ctx.set_alpn_protocols([p.ALPN])
@@ -235,9 +241,25 @@ class RelayTransport:
                 return
             waiting_pong = False
             if isinstance(msg, p.Invite):
-                self._spawn(self._accept(msg))
+                self._on_invite(msg)
             else:
                 self._notify(msg)
+
+    def accepts(self, device: DeviceId) -> bool:
+        """Whether invitations from `device` are answered at all (the accept policy)."""
+        return self.invites.allowed(device)
+
+    def _on_invite(self, invite: p.Invite) -> None:
+        if self._on_stream is None:
+            return
+        try:
+            device = p.device_bytes(invite.device)
+        except p.RelayProtocolError:
+            return
+        if not self.invites.admit(device, asyncio.get_running_loop().time()):
+            log.debug("relay %s: invitation from %s ignored", self.relay, device.short)
+            return
+        self._spawn(self._accept(invite, device))
 
     def _notify(self, msg: p.Message) -> None:
         for listener in list(self._listeners):
@@ -253,11 +275,9 @@ class RelayTransport:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("relay %s: stream handler failed: %r", self.relay, exc)
 
-    async def _accept(self, invite: p.Invite) -> None:
-        if self._on_stream is None:
-            return
+    async def _accept(self, invite: p.Invite, expected: DeviceId) -> None:
+        assert self._on_stream is not None
         try:
-            expected = p.device_bytes(invite.device)
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 conn = await self.open(p.Accept(invite.token))
                 try:
@@ -272,6 +292,8 @@ class RelayTransport:
         except (TransportError, TimeoutError, asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, p.RelayProtocolError) as e:
             log.info("relay %s: invited session failed: %s", self.relay, e)
             return
+        finally:
+            self.invites.done(expected)
         await self._on_stream(stream)
 
     async def close(self) -> None:

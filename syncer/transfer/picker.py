@@ -4,9 +4,11 @@ Modelled on libtorrent's piece picker: blocks of files already started come firs
 complete and can be renamed into place early), then the rarest blocks among connected peers
 (fewest holders), random tie-break, so that peers fetching the same data from one seed fetch
 *different* blocks and can then trade them. In endgame (every block still needed is already
-requested) a block may be requested from a second peer; the loser is cancelled on arrival.
+requested) an idle peer takes over a few of the longest-waiting requests as duplicates; the loser is
+cancelled on arrival.
 A peer that sends bad data is banned after MAX_BAD blocks; a peer that lets a request time out is
-snubbed (gets at most one request at a time) for SNUB_TIME.
+snubbed (`snub`: at most one request at a time) for SNUB_TIME. Request ids, timeouts and per-peer
+pipelines are the puller's (transfer/puller.py); this class keeps the per-block view.
 
 Cost: with only full holders of a file (the common case) pick() walks a pre-shuffled order of
 its blocks with a cursor, amortised O(n); with partial holders around it sorts the free blocks
@@ -16,14 +18,16 @@ counts are kept incrementally as bitfields, haves and disconnects arrive.
 
 from __future__ import annotations
 
+import heapq
 import random
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 Peer = Hashable
 MAX_BAD = 3
 SNUB_TIME = 30.0
 ENDGAME_DUPLICATES = 2
+ENDGAME_BATCH = 4  # blocks an idle peer takes over at once in endgame
 
 
 @dataclass(frozen=True, order=True)
@@ -38,6 +42,7 @@ class _File:
     remaining: set[int]  # not yet received (in flight or not)
     free: set[int]  # remaining and not requested from anyone
     order: list[int]  # a random order of the blocks, walked once by `cursor` (fast path)
+    rank: dict[int, int] = field(default_factory=dict)  # block -> its place in `order`: the random tie-break
     cursor: int = 0
     started: bool = False
     full_holders: set[Peer] = field(default_factory=set)
@@ -90,7 +95,7 @@ class Picker:
         remaining = set(range(block_count)) - (have or set())
         order = list(remaining)
         self.rng.shuffle(order)
-        self.files[name] = _File(block_count, remaining, set(remaining), order, started=bool(have))
+        self.files[name] = _File(block_count, remaining, set(remaining), order, {b: i for i, b in enumerate(order)}, started=bool(have))
         self._order[name] = None
 
     def remove_file(self, name: str) -> list[tuple[Peer, BlockRef]]:
@@ -104,20 +109,9 @@ class Picker:
             cancels += [(p, ref) for p in self.in_flight.pop(ref)]
         return cancels
 
-    def have_local(self, ref: BlockRef) -> None:
-        f = self.files.get(ref.file)
-        if f:
-            f.remaining.discard(ref.index)
-            f.free.discard(ref.index)
-            f.started = True
-
     def done(self, name: str) -> bool:
         f = self.files.get(name)
         return f is not None and not f.remaining
-
-    def remaining_blocks(self, name: str) -> set[int]:
-        f = self.files.get(name)
-        return set(f.remaining) if f else set()
 
     # peers ----------------------------------------------------------------
     def set_full_holder(self, peer: Peer, name: str) -> None:
@@ -175,7 +169,10 @@ class Picker:
         return sum(1 for h in self.in_flight.values() if peer in h)
 
     # picking --------------------------------------------------------------
-    def pick(self, peer: Peer, n: int, now: float) -> list[BlockRef]:
+    def pick(self, peer: Peer, n: int, now: float, stuck: Callable[[dict[Peer, float], float], bool] | None = None) -> list[BlockRef]:
+        """Up to n blocks to request from `peer`. `stuck(requests, now)` tells whether the
+        requests of a block ({peer: sent at}) have waited long enough to duplicate in endgame
+        (default: any)."""
         if n <= 0 or self.is_banned(peer):
             return []
         if self.snubbed_until.get(peer, 0) > now:
@@ -198,8 +195,8 @@ class Picker:
                 f.started = True
             if len(out) >= n:
                 return out
-        if not out:
-            out = self._endgame(peer, n, now)
+        if not out and self.requests_of(peer) == 0:
+            out = self._endgame(peer, min(n, ENDGAME_BATCH), now, stuck)
         return out
 
     def _choose(self, f: _File, peer: Peer, need: int) -> list[int]:
@@ -216,20 +213,30 @@ class Picker:
                 got += [i for i in f.free if i not in got][: need - len(got)]
             return got
         # partial holders around: rarest first among what this peer has, random tie-break
-        cands = [i for i in f.free if f.holds(peer, i)]
-        keyed = sorted((f.availability(i), self.rng.random(), i) for i in cands)
-        return [i for _, _, i in keyed[:need]]
+        if peer in f.full_holders:
+            cands: Iterable[int] = f.free
+        else:
+            held = f.partial.get(peer)
+            if not held:
+                return []
+            cands = held & f.free if len(held) < len(f.free) else [i for i in f.free if i in held]
+        full, counts, rank = len(f.full_holders), f.partial_count, f.rank
+        keyed = heapq.nsmallest(need, ((full + counts.get(i, 0), rank[i], i) for i in cands))
+        return [i for _, _, i in keyed]
 
-    def _endgame(self, peer: Peer, n: int, now: float) -> list[BlockRef]:
-        # only when nothing is left that is not already requested somewhere
+    def _endgame(self, peer: Peer, n: int, now: float, stuck: Callable[[dict[Peer, float], float], bool] | None) -> list[BlockRef]:
+        # only when nothing is left that is not already requested somewhere, and only for a
+        # peer with nothing else to do: it takes over the requests waited for longest (most
+        # likely stuck at a slow peer); busy peers never duplicate (duplicates cost bandwidth)
         if any(f.free for f in self.files.values()):
             return []
         out = []
-        refs = list(self.in_flight.items())
-        self.rng.shuffle(refs)
+        refs = sorted(self.in_flight.items(), key=lambda item: min(item[1].values(), default=now))
         for ref, reqs in refs:
             f = self.files.get(ref.file)
             if f is None or peer in reqs or len(reqs) >= ENDGAME_DUPLICATES or not f.holds(peer, ref.index):
+                continue
+            if stuck is not None and not stuck(reqs, now):
                 continue
             reqs[peer] = now
             out.append(ref)
@@ -259,12 +266,9 @@ class Picker:
             if f:
                 f.drop_block(peer, ref.index)  # it evidently has no good copy
 
-    def timeouts(self, now: float, timeout: float) -> list[tuple[Peer, BlockRef]]:
-        expired = [(p, ref) for ref, reqs in self.in_flight.items() for p, t in reqs.items() if now - t > timeout]
-        for p, ref in expired:
-            self.failed(p, ref)
-            self.snubbed_until[p] = now + SNUB_TIME
-        return expired
+    def snub(self, peer: Peer, now: float) -> None:
+        """The peer let a request time out: at most one request at a time for SNUB_TIME."""
+        self.snubbed_until[peer] = now + SNUB_TIME
 
     def statistics(self) -> PickerStats:
         return PickerStats(

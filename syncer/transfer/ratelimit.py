@@ -17,6 +17,12 @@ class TokenBucket:
             self.burst = max(self.rate * 0.25, 256 << 10)
         self.tokens = self.burst
 
+    def set_rate(self, rate: float) -> None:
+        """A new limit (config reloaded); sessions keep using this same bucket."""
+        self.rate = rate
+        self.burst = max(rate * 0.25, 256 << 10)
+        self.tokens = min(self.tokens, self.burst)
+
     def take(self, n: int, now: float) -> float:
         """Account for sending n bytes now; returns how long to wait before sending them."""
         if self.rate <= 0:

@@ -165,8 +165,6 @@ class Connection:
                 return f"duplicate request id {msg.id}"
             if len(self.incoming) >= MAX_INCOMING_REQUESTS:
                 return f"more than {MAX_INCOMING_REQUESTS} outstanding requests"
-            if msg.size < 0 or msg.size > frames.MAX_PIECE_DATA or msg.offset < 0 or msg.block_index < 0:
-                return "request out of range"
             self.incoming.add(msg.id)
         elif isinstance(msg, Cancel):
             self.incoming.discard(msg.id)

@@ -7,7 +7,19 @@ payload travels raw after an 8-byte id, so megabytes of block data are never msg
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+# ranges checked while decoding (a violation is a protocol error): what we store goes into
+# SQLite's signed 64-bit integers, what we index with must be a sane size
+U63 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0)]  # msgpack holds at most 2**64 - 1
+BlockIndex = Annotated[int, msgspec.Meta(ge=0, le=(1 << 31) - 1)]
+BlockCount = Annotated[int, msgspec.Meta(ge=0, le=1 << 24)]
+PieceSize = Annotated[int, msgspec.Meta(ge=0, le=16 << 20)]
+ShortText = Annotated[str, msgspec.Meta(max_length=4096)]
+FolderId = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class Message(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=False):
@@ -15,26 +27,26 @@ class Message(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_field
 
 
 class Hello(Message):
-    device_name: str
-    client_name: str
-    client_version: str
-    features: list[str] = []
+    device_name: ShortText
+    client_name: ShortText
+    client_version: ShortText
+    features: Annotated[list[ShortText], msgspec.Meta(max_length=64)] = []
 
 
 class DeviceSummary(Message):
-    device_id: bytes  # 32 bytes
-    index_id: int  # which index of this device the sender holds
-    max_sequence: int  # the highest sequence of it the sender holds
+    device_id: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    index_id: U63  # which index of this device the sender holds
+    max_sequence: U63  # the highest sequence of it the sender holds
 
 
 class FolderSummary(Message):
-    id: str
-    label: str
-    devices: list[DeviceSummary]
+    id: FolderId
+    label: ShortText
+    devices: Annotated[list[DeviceSummary], msgspec.Meta(max_length=1000)]
 
 
 class ClusterConfig(Message):
-    folders: list[FolderSummary]
+    folders: Annotated[list[FolderSummary], msgspec.Meta(max_length=1000)]
 
 
 class WireFile(Message):
@@ -53,40 +65,40 @@ class WireFile(Message):
 
 
 class Index(Message):
-    folder: str
+    folder: FolderId
     files: list[WireFile]
 
 
 class IndexUpdate(Message):
-    folder: str
+    folder: FolderId
     files: list[WireFile]
 
 
 class Bitfield(Message):
     """Which blocks of one version of a file the sender holds (partial holders serve)."""
 
-    folder: str
-    name: str
-    version: list[tuple[int, int]]
-    block_count: int
+    folder: FolderId
+    name: ShortText
+    version: Annotated[list[tuple[U64, U63]], msgspec.Meta(max_length=1000)]
+    block_count: BlockCount
     bits: bytes  # bit i (MSB first in byte i//8) = holds block i
 
 
 class Have(Message):
-    folder: str
-    name: str
-    version: list[tuple[int, int]]
-    block_index: int
+    folder: FolderId
+    name: ShortText
+    version: Annotated[list[tuple[U64, U63]], msgspec.Meta(max_length=1000)]
+    block_index: BlockIndex
 
 
 class Request(Message):
-    id: int
-    folder: str
-    name: str
-    block_index: int
-    offset: int
-    size: int
-    hash: bytes
+    id: U64
+    folder: FolderId
+    name: ShortText
+    block_index: BlockIndex
+    offset: U63
+    size: PieceSize
+    hash: Annotated[bytes, msgspec.Meta(max_length=32)]
 
 
 class Piece(Message):
@@ -95,12 +107,12 @@ class Piece(Message):
 
 
 class PieceError(Message):
-    id: int
-    code: int
+    id: U64
+    code: Annotated[int, msgspec.Meta(ge=0, le=255)]
 
 
 class Cancel(Message):
-    id: int
+    id: U64
 
 
 class Choke(Message):
@@ -124,7 +136,7 @@ class Ping(Message):
 
 
 class Close(Message):
-    reason: str
+    reason: ShortText
 
 
 # PieceError codes

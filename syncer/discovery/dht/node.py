@@ -1,9 +1,15 @@
 """A DHT node (BEP 5): answers ping / find_node / get_peers / announce_peer, and runs iterative
 lookups for the daemon (announce our device key, find paired devices' keys).
 
-Memory is bounded: the routing table by design, stored peers by PeerStore caps, outstanding
-queries by MAX_OUTSTANDING. Garbage or oversized datagrams are dropped (or answered with a
+Memory is bounded: the routing table by design, stored peers by PeerStore caps (per key, per
+source, in total), outstanding queries by MAX_OUTSTANDING, the per-source rate limiter by its own
+LRU bound; tokens are stateless. Garbage or oversized datagrams are dropped (or answered with a
 BEP 5 error when they carry a transaction id); nothing a peer sends can raise out of here.
+
+Abuse rules: incoming queries are rate limited per source address (QUERY_RATE/QUERY_BURST; over
+it they are dropped unanswered and the sender is not added to the routing table). Transaction ids
+are random (TID_BYTES), and a response is taken only from the address the query went to: a
+forged response from elsewhere is ignored and the real one still counts.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from syncer.discovery.dht.krpc import NodeInfo
 from syncer.discovery.dht.routing import REFRESH, K, RoutingTable, distance
 from syncer.discovery.dht.tokens import Tokens
 from syncer.discovery.peerstore import PeerEntry, PeerStore
+from syncer.net.admission import KeyedRateLimit, source_key
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +34,63 @@ ALPHA = 3
 QUERY_TIMEOUT = 2.0
 MAX_OUTSTANDING = 512
 PEER_TTL = 30 * 60.0
-MAX_KEYS = 50_000
+MAX_KEYS = 20_000
 MAX_PEERS_PER_KEY = 100
+MAX_PEERS_PER_SOURCE = 8  # entries one source address may hold under one key
+MAX_STORED = 100_000  # stored peers altogether
 MAX_VALUES = 50
 REFRESH_CHECK = 60.0
+QUERY_RATE = 20.0  # queries per second and source address, on average
+QUERY_BURST = 100.0
+MAX_RATE_SOURCES = 10_000
+TID_BYTES = 4
+
+
+def _norm(addr: tuple[str, int]) -> tuple[str, int]:
+    """An address as compared with where we sent a query (IPv4-mapped IPv6 as IPv4)."""
+    host = addr[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, addr[1]
 
 
 class DhtNode(asyncio.DatagramProtocol):
-    def __init__(self, host: str = "0.0.0.0", port: int = 6881, bootstrap: list[tuple[str, int]] | None = None, node_id: bytes | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 6881,
+        bootstrap: list[tuple[str, int]] | None = None,
+        node_id: bytes | None = None,
+        clock: Any = time.monotonic,
+        query_rate: float = QUERY_RATE,
+        query_burst: float = QUERY_BURST,
+    ) -> None:
         self.host, self.port = host, port
         self.id = node_id or os.urandom(20)
         self.bootstrap_nodes = list(bootstrap or [])
-        now = time.monotonic()
+        self.clock = clock
+        now = clock()
         self.table = RoutingTable(self.id, now)
         self.tokens = Tokens(now)
-        self.store = PeerStore(ttl=PEER_TTL, max_swarms=MAX_KEYS, max_peers=MAX_PEERS_PER_KEY)
+        self.store = PeerStore(
+            ttl=PEER_TTL,
+            max_swarms=MAX_KEYS,
+            max_peers=MAX_PEERS_PER_KEY,
+            max_per_source=MAX_PEERS_PER_SOURCE,
+            max_entries=MAX_STORED,
+        )
+        self.query_limit = KeyedRateLimit(query_rate, query_burst, MAX_RATE_SOURCES)
         self.transport: asyncio.DatagramTransport | None = None
         self._pending: dict[bytes, tuple[asyncio.Future[dict[bytes, Any]], tuple[str, int]]] = {}
-        self._tid = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self.stats = {"queries_in": 0, "responses_in": 0, "dropped": 0, "errors_out": 0}
+        self.stats = {
+            "queries_in": 0,
+            "responses_in": 0,
+            "dropped": 0,
+            "errors_out": 0,
+            "rate_limited": 0,
+            "unexpected_responses": 0,
+        }
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -80,6 +124,9 @@ class DhtNode(asyncio.DatagramProtocol):
         try:
             kind = msg[b"y"]
             if kind == b"q":
+                if not self.query_limit.allow(source_key(addr[0]), self.clock()):
+                    self.stats["rate_limited"] += 1
+                    return  # unanswered: a flood gets nothing back, not even errors
                 self.stats["queries_in"] += 1
                 self._on_query(msg, addr)
             else:
@@ -110,7 +157,7 @@ class DhtNode(asyncio.DatagramProtocol):
         if not isinstance(args, dict) or not isinstance(method, bytes):
             raise krpc.KrpcError(krpc.ERR_PROTOCOL, "malformed query")
         sender = self._sender(args, addr)
-        now = time.monotonic()
+        now = self.clock()
         if method == b"ping":
             reply: dict[str, Any] = {"id": self.id}
         elif method == b"find_node":
@@ -144,10 +191,13 @@ class DhtNode(asyncio.DatagramProtocol):
         self._send(krpc.response(t, reply), addr)
 
     def _on_response(self, msg: dict[bytes, Any], addr: tuple[str, int]) -> None:
-        pending = self._pending.pop(msg[b"t"], None)
-        if pending is None:
+        pending = self._pending.get(msg[b"t"])
+        if pending is None or _norm(pending[1]) != _norm(addr):
+            # unknown id, or not from the node we asked: forged (or late); the query stays open
+            self.stats["unexpected_responses"] += 1
             return
-        fut, to = pending
+        del self._pending[msg[b"t"]]
+        fut, _ = pending
         if fut.done():
             return
         if msg[b"y"] == b"e":
@@ -159,15 +209,16 @@ class DhtNode(asyncio.DatagramProtocol):
             return
         nid = r.get(b"id")
         if isinstance(nid, bytes) and len(nid) == 20:
-            self.table.add(NodeInfo(nid, addr[0], addr[1]), time.monotonic())
+            self.table.add(NodeInfo(nid, addr[0], addr[1]), self.clock())
         fut.set_result(r)
 
     # --- outgoing queries -----------------------------------------------------------------
     async def query(self, addr: tuple[str, int], method: str, args: dict[str, Any], node_id: bytes | None = None) -> dict[bytes, Any]:
         if len(self._pending) >= MAX_OUTSTANDING:
             raise krpc.KrpcError(krpc.ERR_SERVER, "too many outstanding queries")
-        self._tid = (self._tid + 1) & 0xFFFF
-        t = self._tid.to_bytes(2, "big")
+        t = os.urandom(TID_BYTES)  # unguessable: an off-path forger has to hit one of 2^32
+        while t in self._pending:
+            t = os.urandom(TID_BYTES)
         fut: asyncio.Future[dict[bytes, Any]] = asyncio.get_running_loop().create_future()
         self._pending[t] = (fut, addr)
         self._send(krpc.query(t, method, {"id": self.id, **args}), addr)
@@ -192,7 +243,7 @@ class DhtNode(asyncio.DatagramProtocol):
         await self._lookup(self.id, "find_node")
         # then fill the far buckets too: a table that only knows our own neighbourhood makes
         # lookups for distant keys get stuck there
-        for target in self.table.stale_buckets(time.monotonic() + REFRESH):
+        for target in self.table.stale_buckets(self.clock() + REFRESH):
             await self._lookup(target, "find_node")
         return len(self.table)
 
@@ -237,7 +288,7 @@ class DhtNode(asyncio.DatagramProtocol):
 
     async def get_peers(self, key: bytes) -> list[tuple[str, int]]:
         _, _, values = await self._lookup(key, "get_peers")
-        local = {(p.ip, p.port) for p in self.store.peers(key, time.monotonic(), MAX_VALUES)}
+        local = {(p.ip, p.port) for p in self.store.peers(key, self.clock(), MAX_VALUES)}
         return sorted(values | local)
 
     async def announce(self, key: bytes, port: int) -> int:
@@ -252,13 +303,13 @@ class DhtNode(asyncio.DatagramProtocol):
                 await self.query(n.addr, "announce_peer", {"info_hash": key, "port": port, "token": tok, "implied_port": 0}, n.id)
                 ok += 1
         if not closest:  # alone in the network: at least we answer for it ourselves
-            self.store.announce(key, PeerEntry(self.host, port, "", b"", time.monotonic()))
+            self.store.announce(key, PeerEntry(self.host, port, "", b"", self.clock()))
         return ok
 
     async def _maintenance(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_CHECK)
-            now = time.monotonic()
+            now = self.clock()
             self.store.expire(now)
             if len(self.table) == 0 and self.bootstrap_nodes:
                 await self.bootstrap()

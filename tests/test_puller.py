@@ -1,0 +1,216 @@
+"""The sans-IO puller, driven by hand: events in, actions out, time injected."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import random
+
+from syncer.index.fileinfo import FileInfo, FileType
+from syncer.index.version import VersionVector
+from syncer.model.storage import JobFile
+from syncer.transfer.puller import (
+    KIND_DELETE,
+    KIND_FILE,
+    KIND_OTHER,
+    AbortJob,
+    Announce,
+    ApplyBatch,
+    LoadNeed,
+    NeedChange,
+    PrepareJobs,
+    Puller,
+    SendCancels,
+    SendRequests,
+    Wanted,
+)
+from syncer.wire import Bitfield, Have
+
+BS = 128 << 10
+V1 = VersionVector(((1, 1),))
+V2 = VersionVector(((1, 2),))
+
+
+def fi(name: str, blocks: int = 1, version: VersionVector = V1, type_: FileType = FileType.FILE, deleted: bool = False) -> FileInfo:
+    size = blocks * BS if type_ == FileType.FILE and not deleted else 0
+    hashes = tuple(hashlib.sha256(f"{name}{i}".encode()).digest() for i in range(blocks if size else 0))
+    return FileInfo(name, type_, size, 1, 0o644, BS if size else 0, hashes, "", version, 1, deleted, 1)
+
+
+def wanted(f: FileInfo, holders=("A",)) -> Wanted:
+    kind = KIND_DELETE if f.deleted else (KIND_FILE if f.type == FileType.FILE else KIND_OTHER)
+    return Wanted(f, kind, False, frozenset(holders))
+
+
+def new_puller(**kw) -> Puller:
+    ids = itertools.count(1)
+    return Puller("F", lambda: next(ids), rng=random.Random(0), **kw)
+
+
+def of(actions, kind):
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def start_with(p: Puller, rows: list[Wanted], peers=("A",)) -> list:
+    for peer in peers:
+        p.peer_ready(peer)
+    acts = p.actions()
+    assert of(acts, LoadNeed) == [LoadNeed(None, True, p.page)]
+    p.need_loaded(rows, exhausted=True)
+    return p.actions()
+
+
+def test_a_file_goes_from_need_to_applied():
+    p = new_puller()
+    f = fi("a.bin", blocks=3)
+    acts = start_with(p, [wanted(f)])
+    (prep,) = of(acts, PrepareJobs)
+    gen = prep.jobs[0].gen
+    p.job_prepared("a.bin", gen, set())
+    p.fill(0.0, {})
+    (reqs,) = of(p.actions(), SendRequests)
+    assert reqs.peer == "A" and sorted(r.block_index for r in reqs.requests) == [0, 1, 2]
+    assert p.interest == {"A"}
+    for r in reqs.requests:
+        exp = p.piece_arrived("A", r.id, r.size)
+        assert exp is not None and exp.hash == f.blocks[r.block_index] and exp.offset == r.offset
+        p.block_done("A", exp, True)
+    acts = p.actions()
+    assert len(of(acts, Announce)) == 3  # a Have per block (file has more than one block)
+    (batch,) = of(acts, ApplyBatch)
+    assert [s.file.name for s in batch.finished] == ["a.bin"]
+    p.applied(batch)
+    assert not p.busy() and p.interest == set()
+
+
+def test_results_of_an_aborted_job_are_ignored():
+    p = new_puller()
+    f = fi("a.bin", blocks=2)
+    (prep,) = of(start_with(p, [wanted(f)]), PrepareJobs)
+    old = prep.jobs[0].gen
+    p.job_prepared("a.bin", old, set())
+    p.fill(0.0, {})
+    (reqs,) = of(p.actions(), SendRequests)
+    p.need_changed([NeedChange("a.bin", (KIND_FILE, f.size, "a.bin"), V2, frozenset({"A"}))])
+    acts = p.actions()
+    assert of(acts, AbortJob) == [AbortJob("a.bin", old, False)]  # temp kept: blocks may be reused
+    assert {i for c in of(acts, SendCancels) for i in c.ids} == {r.id for r in reqs.requests}
+    assert p.piece_arrived("A", reqs.requests[0].id, BS) is None  # cancelled: not ours any more
+    assert not p.is_current("a.bin", old)
+    p.job_prepared("a.bin", old, set())  # a late report of the old generation changes nothing
+    assert p.held_block("a.bin", 0) is None
+
+
+def test_deletions_wait_for_downloads():
+    p = new_puller()
+    f = fi("new.bin")
+    gone = fi("old.bin", deleted=True)
+    acts = start_with(p, [wanted(f), wanted(gone, holders=())])
+    (prep,) = of(acts, PrepareJobs)
+    assert not of(acts, ApplyBatch)  # the deletion is held back
+    p.job_prepared("new.bin", prep.jobs[0].gen, {0})  # all blocks local: done at once
+    (batch,) = of(p.actions(), ApplyBatch)
+    assert [s.file.name for s in batch.finished] == ["new.bin"] and batch.others == ()
+    p.applied(batch)
+    (load,) = of(p.actions(), LoadNeed)  # the pass goes on from the deletion
+    assert load.after == (KIND_FILE, f.size, "new.bin") and not load.inclusive
+    p.need_loaded([wanted(gone, holders=())], exhausted=True)
+    (batch,) = of(p.actions(), ApplyBatch)
+    assert [w.name for w in batch.others] == ["old.bin"]
+
+
+def test_slots_limit_jobs_and_the_pass_resumes_after_apply():
+    p = new_puller(max_jobs=2)
+    files = [fi(f"f{i}") for i in range(3)]
+    (prep,) = of(start_with(p, [wanted(f) for f in files]), PrepareJobs)
+    assert [s.file.name for s in prep.jobs] == ["f0", "f1"]
+    for s in prep.jobs:
+        p.job_prepared(s.file.name, s.gen, {0})
+    (batch,) = of(p.actions(), ApplyBatch)
+    p.applied(batch)
+    (load,) = of(p.actions(), LoadNeed)
+    assert load.after[2] == "f1"
+    p.need_loaded([wanted(files[2])], exhausted=True)
+    (prep,) = of(p.actions(), PrepareJobs)
+    assert [s.file.name for s in prep.jobs] == ["f2"]
+
+
+def test_entries_nobody_connected_holds_are_skipped_until_a_holder_connects():
+    p = new_puller()
+    f = fi("a.bin")
+    acts = start_with(p, [wanted(f, holders=("B",))])
+    assert not of(acts, PrepareJobs)
+    p.peer_ready("B")
+    (load,) = of(p.actions(), LoadNeed)
+    assert load.after is None  # a new pass from the start
+    p.need_loaded([wanted(f, holders=("B",))], exhausted=True)
+    assert of(p.actions(), PrepareJobs)
+
+
+def test_availability_only_for_jobs_with_the_exact_version_and_count():
+    p = new_puller()
+    f = fi("a.bin", blocks=4)
+    (prep,) = of(start_with(p, [wanted(f, holders=("A",))]), PrepareJobs)
+    p.job_prepared("a.bin", prep.jobs[0].gen, {0})
+    p.peer_ready("B")  # connects after the job started: it never got our bitfield
+    p.actions()
+    p.bitfield("B", Bitfield("F", "nope.bin", [(1, 1)], 4, b"\xf0"))  # not downloading: dropped
+    p.bitfield("B", Bitfield("F", "a.bin", [(1, 1)], 5, b"\xf8"))  # wrong block count
+    p.bitfield("B", Bitfield("F", "a.bin", [(1, 2)], 4, b"\xf0"))  # another version
+    assert "B" not in p.picker.holders("a.bin")
+    p.have("B", Have("F", "a.bin", [(1, 1)], 3))
+    assert "B" in p.picker.holders("a.bin")
+    # B started later and never got our blocks: its first message is answered with our bitfield
+    (ann,) = of(p.actions(), Announce)
+    assert ann.to == "B" and isinstance(ann.message, Bitfield) and ann.message.bits == b"\x80"
+    p.have("B", Have("F", "a.bin", [(1, 1)], 2))
+    assert not of(p.actions(), Announce)  # only once
+
+
+def test_request_timeout_cancels_and_snubs():
+    p = new_puller(request_timeout=60)
+    f = fi("a.bin", blocks=8)
+    (prep,) = of(start_with(p, [wanted(f)]), PrepareJobs)
+    p.job_prepared("a.bin", prep.jobs[0].gen, set())
+    p.fill(0.0, {})
+    (reqs,) = of(p.actions(), SendRequests)
+    assert p.get_timer() == 60.0
+    p.handle_timer(61.0)
+    (cancel,) = of(p.actions(), SendCancels)
+    assert set(cancel.ids) == {r.id for r in reqs.requests}
+    p.fill(62.0, {})
+    (again,) = of(p.actions(), SendRequests)
+    assert len(again.requests) == 1  # snubbed: one at a time
+
+
+def test_bad_pieces_get_a_peer_banned_and_the_block_comes_from_another():
+    p = new_puller()
+    f = fi("a.bin", blocks=1)
+    (prep,) = of(start_with(p, [wanted(f, holders=("B",))], peers=("A", "B")), PrepareJobs)
+    p.job_prepared("a.bin", prep.jobs[0].gen, set())
+    for _ in range(3):  # B is the only holder: it gets the request, and answers garbage
+        p.fill(0.0, {})
+        ((r,),) = [a.requests for a in of(p.actions(), SendRequests)]
+        exp = p.piece_arrived("B", r.id, r.size)
+        p.block_done("B", exp, False)
+    assert p.picker.is_banned("B")
+    p.fill(0.0, {})
+    assert not of(p.actions(), SendRequests)  # nobody else has it yet
+    p.need_changed([NeedChange("a.bin", (KIND_FILE, f.size, "a.bin"), V1, frozenset({"A", "B"}))])
+    p.fill(0.0, {})
+    ((peer, (r,)),) = [(a.peer, a.requests) for a in of(p.actions(), SendRequests)]
+    assert peer == "A"
+    p.block_done("A", p.piece_arrived("A", r.id, r.size), True)
+    assert of(p.actions(), ApplyBatch)
+
+
+def test_job_file_fences_writes_of_an_aborted_job(tmp_path):
+    path = tmp_path / "t"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    job = JobFile("t", 1, fd)
+    assert job.write(b"new", 0)
+    job.close()
+    assert not job.write(b"stale", 0)  # a pool thread finishing late writes nothing
+    assert job.read(3, 0) is None
+    assert path.read_bytes() == b"new"
