@@ -157,8 +157,8 @@ class IndexDB:
 
         Cost: `PRAGMA quick_check` reads every page once (no index-vs-table cross check):
         0.11 s for an 80 MB index of 200,000 files with a warm page cache, so about 0.6 s for a
-        million files -- a fraction of loading that index at start. The daemon runs it once per
-        start, not per connection."""
+        million files -- a fraction of the start-up scan, which reads every local row anyway. The
+        daemon runs it once per start, not per connection."""
         if str(self.path) != ":memory:":
             _check_header(self.path)
         try:
