@@ -1,26 +1,35 @@
 """What a folder does not sync: `.syncerignore` (gitignore syntax, via pathspec), plus fixed
-rules for syncer's own files and OS junk."""
+rules for syncer's own files and OS junk. The root `.syncerignore` itself is local to each
+device, like Syncthing's `.stignore`: never announced (and refused from peers, see
+model/validate.py), so a peer cannot make a device stop announcing its own changes."""
 
 from __future__ import annotations
 
+import logging
 import posixpath
 from pathlib import Path
 
 import pathspec
 
-from syncer.fs.layout import IGNORE_FILE, is_internal, is_temp_name
+from syncer.fs.confined import FolderFS
+from syncer.fs.layout import IGNORE_FILE, TEMP_PREFIX, TEMP_SUFFIX, is_internal, is_local_only
+
+MAX_IGNORE_BYTES = 1 << 20
+log = logging.getLogger(__name__)
 
 # pathspec >= 1.0 calls git's exact semantics "gitignore" and deprecates "gitwildmatch"
 _STYLE = "gitignore" if "gitignore" in pathspec.util._registered_patterns else "gitwildmatch"
 JUNK = {".DS_Store", "Thumbs.db", "desktop.ini", ".Spotlight-V100", ".Trashes", "$RECYCLE.BIN"}
 
 
-def always_ignored(name: str) -> bool:
-    """syncer's own marker dir and temp files, and OS junk; `name` is '/'-separated."""
+def always_ignored(name: str, base: str | None = None) -> bool:
+    """syncer's own marker dir and temp files, and OS junk; `name` is '/'-separated, `base` its
+    last component if the caller has it (the scanner, once per entry)."""
     if is_internal(name):
         return True
-    base = posixpath.basename(name)
-    if is_temp_name(base):
+    if base is None:
+        base = posixpath.basename(name)
+    if base.startswith(TEMP_PREFIX) and base.endswith(TEMP_SUFFIX):
         return True
     return base in JUNK or base.startswith("._")
 
@@ -36,15 +45,24 @@ class Ignore:
         return "\n".join(self.patterns)
 
     @classmethod
-    def load(cls, root: Path) -> Ignore:
+    def load(cls, root: Path | FolderFS) -> Ignore:
+        """The root `.syncerignore`, read through the confined layer: a regular file only (not a
+        symlink, FIFO or directory), at most MAX_IGNORE_BYTES."""
+        fs = root if isinstance(root, FolderFS) else FolderFS(root)
         try:
-            text = (root / IGNORE_FILE).read_text(encoding="utf-8", errors="replace")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+            text = fs.read_bytes(IGNORE_FILE, MAX_IGNORE_BYTES).decode("utf-8", errors="replace")
+        except FileNotFoundError:
             return cls()
+        except OSError as e:
+            log.warning("%s: cannot read %s: %s (no ignore patterns)", fs.root, IGNORE_FILE, e.strerror or e)
+            return cls()
+        finally:
+            if fs is not root:
+                fs.close()
         return cls(text.splitlines())
 
-    def ignored(self, name: str, is_dir: bool = False) -> bool:
-        if always_ignored(name):
+    def ignored(self, name: str, is_dir: bool = False, base: str | None = None) -> bool:
+        if always_ignored(name, base) or is_local_only(name):
             return True
         if self.spec is None:
             return False

@@ -109,9 +109,12 @@ def test_ignored_and_internal_files_skipped(folder, tmp_path):
     (folder / ".syncerignore").write_text("*.log\n")
     for name in ("x.log", ".DS_Store", ".syncer.f.tmp", "keep"):
         (folder / name).write_text("z")
+    (folder / "sub").mkdir()
+    (folder / "sub" / ".syncerignore").write_text("only the root one is special")
     s = make(folder, tmp_path, ignore=Ignore.load(folder))
     names = {f.name for f in s.scan().changed}
-    assert names == {".syncerignore", "keep"}
+    assert names == {"keep", "sub", "sub/.syncerignore"}  # the root .syncerignore stays local
+    assert s.scan([".syncerignore"]).changed == []
 
 
 def test_download_temp_files_are_reported_not_indexed(folder, tmp_path):

@@ -7,13 +7,13 @@ from syncer.wire import WireFile
 @pytest.mark.parametrize(
     "name",
     ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", ".syncer/versions/x", ".syncer",
-     "dir/.syncer.f.tmp", "a\\b", "a\x00b", "cafe\u0301"],
+     "dir/.syncer.f.tmp", "a\\b", "a\x00b", "cafe\u0301", ".syncerignore", "/".join(["d"] * 256)],
 )
 def test_bad_names_rejected(name):
     assert bad_name(name)
 
 
-@pytest.mark.parametrize("name", ["a", "dir/sub/file.txt", ".hidden", "caf\u00e9", ".syncerignore", "x/.syncer"])
+@pytest.mark.parametrize("name", ["a", "dir/sub/file.txt", ".hidden", "caf\u00e9", "sub/.syncerignore", "x/.syncer", "/".join(["d"] * 255)])
 def test_good_names_accepted(name):
     assert bad_name(name) is None
 
@@ -35,6 +35,9 @@ def test_bad_files():
     assert bad_file(wf(size=-1))
     assert bad_file(wf(type=2, symlink_target="", size=0, blocks=[]))
     assert bad_file(wf(deleted=True, blocks=[], size=0)) is None
+    assert bad_file(wf(permissions=0o6755)) is None  # accepted, applied masked to 0o755
+    assert bad_file(wf(permissions=-1))
+    assert bad_file(wf(permissions=0o10000))
 
 
 @pytest.mark.parametrize("field,value", [
@@ -52,11 +55,12 @@ def test_extreme_but_valid_numbers_pass():
     assert bad_file(wf(modified_by=(1 << 64) - 1, version=[((1 << 64) - 1, (1 << 63) - 1)])) is None
 
 
-def test_temp_mode_keeps_owner_write_and_drops_special_bits():
-    from syncer.model.safe_write import final_mode, temp_mode
+def test_temp_mode_keeps_owner_write_and_modes_drop_special_bits():
+    from syncer.model.safe_write import dir_mode, final_mode, temp_mode
 
     assert temp_mode(0o644) == final_mode(0o644) == 0o644  # no chmod needed when applied
     assert temp_mode(0o755) == 0o755
     assert (temp_mode(0o444), final_mode(0o444)) == (0o644, 0o444)
-    assert (temp_mode(0o4755), final_mode(0o4755)) == (0o755, 0o4755)
-    assert final_mode(0) == temp_mode(0) == 0o644
+    assert (temp_mode(0o4755), final_mode(0o4755)) == (0o755, 0o755)  # setuid never applied
+    assert final_mode(0o6755) == 0o755 and dir_mode(0o1777) == 0o777 and dir_mode(0o3755) == 0o755
+    assert final_mode(0) == temp_mode(0) == 0o644 and dir_mode(0) == 0o755

@@ -4,7 +4,10 @@ the engine and the checks on peer input alike).
 - `.syncer/` marks the folder root; a folder whose marker is missing stops instead of announcing
   every file deleted (an unmounted disk). It also holds the trash can, `.syncer/versions/`.
 - `.syncer.NAME.tmp` is the download temp file of NAME, in NAME's directory; never synced.
-- `.syncerignore` holds this device's ignore patterns; local to each device, never synced.
+- `.syncerignore` (at the root) holds this device's ignore patterns; local to each device, never
+  announced, and refused when a peer announces it (like Syncthing's `.stignore`).
+- Names have at most MAX_DEPTH components: deeper ones are refused from peers and reported by
+  the scanner (a path a thousand levels deep must not cost a RecursionError).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ VERSIONS_DIR = ".syncer/versions"
 IGNORE_FILE = ".syncerignore"
 TEMP_PREFIX = ".syncer."
 TEMP_SUFFIX = ".tmp"
+MAX_DEPTH = 255
 
 
 def temp_name(name: str) -> str:
@@ -34,6 +38,11 @@ def final_name(temp: str) -> str:
 def is_temp_name(name: str) -> bool:
     base = posixpath.basename(name)
     return base.startswith(TEMP_PREFIX) and base.endswith(TEMP_SUFFIX)
+
+
+def is_local_only(name: str) -> bool:
+    """Entries that stay on this device: the root `.syncerignore`."""
+    return name == IGNORE_FILE
 
 
 def is_internal(name: str) -> bool:

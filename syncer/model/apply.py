@@ -1,72 +1,64 @@
-"""Applying remote changes to the folder on disk (runs in the folder's worker thread).
+"""Applying remote changes to the folder on disk (runs in the folder's worker thread), through
+the folder's confined layer: a name whose parent on disk is a symlink or not a directory fails
+on its own (UnsafePath, reported per file) and nothing is ever written, renamed, chmod-ed or
+deleted outside the folder.
 
 Every operation first checks that the file on disk is still what our index says it is; if it was
 changed locally and not scanned yet, that local change is kept — as a conflict copy when a file
 is replaced, or by skipping a delete — so nothing is ever lost. Completed downloads are applied
 in batches: one filesystem sync for all temp files, the renames, one more sync for the renames,
-instead of two fsyncs per file.
+instead of two fsyncs per file. The versions of files archived by a batch are pruned after it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import msgspec
 
 from syncer.fs import layout
+from syncer.fs.confined import FolderFS
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.model import safe_write
 from syncer.model.conflicts import conflict_name
 
 log = logging.getLogger(__name__)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+LOCAL_ONLY = "local to each device, never synced"
 
 
-def syncfs(path: Path) -> None:
-    """Flush the filesystem holding `path` (one call instead of an fsync per file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def on_disk_matches(root: Path, local: FileInfo | None, name: str) -> bool:
-    """Is the file at `name` exactly what our index recorded (or absent, if we have none)?"""
-    try:
-        st = os.lstat(root / name)
-    except FileNotFoundError:
+def on_disk_matches(fs: FolderFS, local: FileInfo | None, name: str, st: os.stat_result | None) -> bool:
+    """Is `st` (the lstat of `name`, None if absent) exactly what our index recorded (or absent,
+    if we have none)?"""
+    if st is None:
         return local is None or local.deleted
     if local is None or local.deleted:
         return False
     if stat.S_ISDIR(st.st_mode):
         return local.type == FileType.DIRECTORY
     if stat.S_ISLNK(st.st_mode):
-        return local.type == FileType.SYMLINK and os.readlink(root / name) == local.symlink_target
+        return local.type == FileType.SYMLINK and fs.readlink(name) == local.symlink_target
     return (
         local.type == FileType.FILE
+        and stat.S_ISREG(st.st_mode)
         and st.st_size == local.size
         and st.st_mtime_ns == local.mtime_ns
         and (not local.inode or st.st_ino == local.inode)
     )
 
 
-def with_disk_identity(root: Path, f: FileInfo) -> FileInfo:
-    try:
-        st = os.lstat(root / f.name)
-    except FileNotFoundError:
+def with_disk_identity(fs: FolderFS, f: FileInfo) -> FileInfo:
+    """`f` as it now is on disk: inode, and the permissions actually applied (masked)."""
+    st = fs.lstat_or_none(f.name)
+    if st is None:
         return f
-    return msgspec.structs.replace(f, inode=st.st_ino, dev=st.st_dev)
+    perms = stat.S_IMODE(st.st_mode) & safe_write.PERMISSION_BITS if f.type != FileType.SYMLINK else f.permissions
+    return msgspec.structs.replace(f, inode=st.st_ino, dev=st.st_dev, permissions=perms)
 
 
 @dataclass
@@ -75,56 +67,82 @@ class Outcome:
     conflicts: list[str]  # conflict copies created (they are picked up by the next scan)
     retry: list[str]  # not applied now; try again later
     errors: list[tuple[str, str]]
+    pruned: int = 0  # old versions removed from the trash can
+    archived: list[str] = field(default_factory=list)
 
 
-def _keep_as_conflict(root: Path, name: str, short: str, now: float) -> str:
+def check_syncable(name: str) -> None:
+    """Refuse what stays on this device (the root `.syncerignore`), whatever a peer announced
+    before validation refused it (rows stored by an older version)."""
+    if layout.is_local_only(name):
+        raise OSError(errno.EPERM, LOCAL_ONLY, name)
+
+
+def reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _keep_as_conflict(fs: FolderFS, name: str, short: str, now: float) -> str:
     new = conflict_name(name, short, now)
-    os.replace(root / name, root / new)
+    fs.replace(name, new)
     return new
 
 
 def apply_batch(
-    root: Path,
+    fs: FolderFS,
     finished: list[tuple[FileInfo, FileInfo | None, bool, str]],
     others: list[tuple[FileInfo, FileInfo | None]],
     now: float,
+    versions: safe_write.Versions | None = None,
 ) -> Outcome:
     """`finished`: (global, local, conflict, loser_short) for files whose temp file is complete;
     `others`: (global, local) for directories, symlinks, deletions and files whose content we
     already have (only their metadata changes)."""
     out = Outcome([], [], [], [])
     if finished:
-        syncfs(root)
+        fs.sync()
     for glob, local, conflict, loser in finished:
-        tmp = root / layout.temp_name(glob.name)
-        final = root / glob.name
         try:
-            if conflict or not on_disk_matches(root, local, glob.name):
-                if final.exists() or final.is_symlink():
-                    out.conflicts.append(_keep_as_conflict(root, glob.name, loser, now))
-            elif final.is_file():
-                safe_write.archive(root, glob.name, now)
-            elif final.is_dir() and not final.is_symlink():
-                os.rmdir(final)  # a directory became a file; only if empty
-            perms = safe_write.final_mode(glob.permissions)
-            if perms != safe_write.temp_mode(glob.permissions):  # read-only: the temp was not
-                os.chmod(tmp, perms)
-            os.utime(tmp, ns=(glob.mtime_ns, glob.mtime_ns))
-            os.replace(tmp, final)
-            out.applied.append(with_disk_identity(root, glob))
+            _apply_file(fs, glob, local, conflict, loser, now, out)
         except OSError as e:
-            out.errors.append((glob.name, e.strerror or str(e)))
+            out.errors.append((glob.name, reason(e)))
     for glob, local in sorted(others, key=lambda x: _order_key(x[0])):
         try:
-            _apply_other(root, glob, local, now, out)
+            _apply_other(fs, glob, local, now, out)
         except OSError as e:
             if e.errno == errno.ENOTEMPTY:
                 out.retry.append(glob.name)
             else:
-                out.errors.append((glob.name, e.strerror or str(e)))
+                out.errors.append((glob.name, reason(e)))
     if out.applied:
-        syncfs(root)
+        fs.sync()
+    if out.archived:
+        try:
+            out.pruned = safe_write.prune_archived(fs, out.archived, versions or safe_write.Versions(), now)
+        except OSError as e:  # the trash can is best effort; the periodic sweep tries again
+            log.warning("cannot prune old versions: %s", reason(e))
     return out
+
+
+def _apply_file(fs: FolderFS, glob: FileInfo, local: FileInfo | None, conflict: bool, loser: str, now: float, out: Outcome) -> None:
+    name = glob.name
+    check_syncable(name)
+    tmp = layout.temp_name(name)
+    st = fs.lstat_or_none(name)
+    if conflict or not on_disk_matches(fs, local, name, st):
+        if st is not None:
+            out.conflicts.append(_keep_as_conflict(fs, name, loser, now))
+    elif st is not None and stat.S_ISREG(st.st_mode):
+        if safe_write.archive(fs, name, now) is not None:
+            out.archived.append(name)
+    elif st is not None and stat.S_ISDIR(st.st_mode):
+        fs.rmdir(name)  # a directory became a file; only if empty
+    perms = safe_write.final_mode(glob.permissions)
+    if perms != safe_write.temp_mode(glob.permissions):  # read-only: the temp was not
+        fs.chmod(tmp, perms)
+    fs.utime(tmp, glob.mtime_ns)
+    fs.replace(tmp, name)
+    out.applied.append(with_disk_identity(fs, glob))
 
 
 def _order_key(f: FileInfo) -> tuple[int, int, str]:
@@ -133,50 +151,62 @@ def _order_key(f: FileInfo) -> tuple[int, int, str]:
     return (1, -depth, f.name) if f.deleted else (0, depth, f.name)
 
 
-def _apply_other(root: Path, glob: FileInfo, local: FileInfo | None, now: float, out: Outcome) -> None:
-    path = root / glob.name
+def _apply_other(fs: FolderFS, glob: FileInfo, local: FileInfo | None, now: float, out: Outcome) -> None:
+    name = glob.name
+    check_syncable(name)
+    st = fs.lstat_or_none(name)
     if glob.deleted:
-        if not on_disk_matches(root, local, glob.name):
-            if path.exists() or path.is_symlink():
-                # changed here and not yet scanned: keep it; the scan will announce it
-                out.retry.append(glob.name)
-                return
-        if path.is_symlink() or path.is_file():
-            if path.is_file() and not path.is_symlink():
-                safe_write.archive(root, glob.name, now)
-            else:
-                path.unlink()
-        elif path.is_dir():
-            path.rmdir()
+        if st is not None and not on_disk_matches(fs, local, name, st):
+            # changed here and not yet scanned: keep it; the scan will announce it
+            out.retry.append(name)
+            return
+        if st is not None:
+            if stat.S_ISREG(st.st_mode):
+                if safe_write.archive(fs, name, now) is not None:
+                    out.archived.append(name)
+            elif stat.S_ISDIR(st.st_mode):
+                fs.rmdir(name)
+            elif stat.S_ISLNK(st.st_mode):
+                fs.unlink(name)
         out.applied.append(glob)
         return
     if glob.type == FileType.FILE:
         # same content as our copy (Need.METADATA): adopt the metadata in place, no rewrite
-        if not on_disk_matches(root, local, glob.name):
-            out.retry.append(glob.name)  # changed here and not yet scanned: the scan decides
+        if st is None or not on_disk_matches(fs, local, name, st):
+            out.retry.append(name)  # changed here and not yet scanned: the scan decides
             return
-        os.chmod(path, safe_write.final_mode(glob.permissions))
-        os.utime(path, ns=(glob.mtime_ns, glob.mtime_ns), follow_symlinks=False)
-        out.applied.append(with_disk_identity(root, glob))
+        mode = safe_write.final_mode(glob.permissions)
+        if stat.S_IMODE(st.st_mode) != mode:
+            fs.chmod(name, mode)
+        if st.st_mtime_ns != glob.mtime_ns:
+            fs.utime(name, glob.mtime_ns)
+        out.applied.append(with_disk_identity(fs, glob))
     elif glob.type == FileType.DIRECTORY:
-        if path.is_symlink() or path.is_file():
-            if not on_disk_matches(root, local, glob.name):
-                out.retry.append(glob.name)
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            if not on_disk_matches(fs, local, name, st):
+                out.retry.append(name)
                 return
-            safe_write.archive(root, glob.name, now) if path.is_file() else path.unlink()
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, glob.permissions & 0o7777 or 0o755)
-        out.applied.append(with_disk_identity(root, glob))
+            if stat.S_ISREG(st.st_mode):
+                if safe_write.archive(fs, name, now) is not None:
+                    out.archived.append(name)
+            else:
+                fs.unlink(name)
+            st = None
+        mode = safe_write.dir_mode(glob.permissions)
+        if st is None:
+            fs.makedirs(name)
+        if st is None or stat.S_IMODE(st.st_mode) != mode:
+            fs.chmod(name, mode, directory=True)
+        out.applied.append(with_disk_identity(fs, glob))
     elif glob.type == FileType.SYMLINK:
-        if (path.exists() or path.is_symlink()) and not on_disk_matches(root, local, glob.name):
-            out.retry.append(glob.name)
+        if st is not None and not on_disk_matches(fs, local, name, st):
+            out.retry.append(name)
             return
-        if path.is_dir() and not path.is_symlink():
-            path.rmdir()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = root / layout.temp_name(glob.name)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            fs.rmdir(name)
+        tmp = layout.temp_name(name)
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(glob.symlink_target, tmp)
-        os.replace(tmp, path)
-        out.applied.append(with_disk_identity(root, glob))
+            fs.unlink(tmp)
+        fs.symlink(glob.symlink_target, tmp)
+        fs.replace(tmp, name)
+        out.applied.append(with_disk_identity(fs, glob))

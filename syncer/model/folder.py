@@ -27,9 +27,11 @@ from syncer.config import FolderConfig
 from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
 from syncer.fs import layout
+from syncer.fs.confined import FolderFS
 from syncer.index.db import LOCAL, IndexDB, NeedRow
 from syncer.index.fileinfo import FileInfo
 from syncer.model import apply as applying
+from syncer.model import safe_write
 from syncer.model.convert import from_wire, to_wire
 from syncer.model.need import NeedIndex, Policy
 from syncer.model.storage import JobFile, Storage, write_block
@@ -69,7 +71,9 @@ RETRY_BASE = 5.0
 RETRY_SLACK = 0.05  # a retry pass starts this late: the DB compares wall-clock times
 RETRY_MAX = 3600.0
 DISK_RETRY_MAX = 60.0  # disk full: look again at least this often
-PRUNE_INTERVAL = 24 * 3600.0
+PRUNE_INTERVAL = 24 * 3600.0  # the whole trash can is swept daily...
+PRUNE_RESUME = 60.0  # ...in runs of bounded work, the next one this soon if there is more
+HOUSEKEEPING_S = 5.0  # idle serving and directory fds are closed this often
 FILE_ERRORS_SHOWN = 50
 
 
@@ -111,7 +115,8 @@ class FolderRuntime:
         self.clock: Clock = model.clock
         self.worker = ThreadPoolExecutor(1, thread_name_prefix=f"folder-{self.id}")
         self.need = NeedIndex(self.id)
-        self.storage = Storage(self.root, self.id, lambda: self.model.config.get("limits.min_free_disk_mb") << 20)
+        self.fs = FolderFS(self.root)  # every filesystem access of this folder goes through it
+        self.storage = Storage(self.fs, self.id, lambda: self.model.config.get("limits.min_free_disk_mb") << 20, self.clock.monotonic)
         self.puller = Puller(self.id, model.request_ids(slot))
         self.supervisor = Supervisor(f"folder {self.id}", self.clock, self._task_failed)
         self.peers: dict[DeviceId, PeerSession] = {}
@@ -147,7 +152,10 @@ class FolderRuntime:
         return self.model.db_for_thread()
 
     def marker_ok(self) -> bool:
-        return (self.root / layout.MARKER).is_dir()
+        try:
+            return self.fs.refresh_root() and self.fs.is_dir(layout.MARKER)
+        except OSError:
+            return False
 
     def sharing(self) -> list[DeviceId]:
         return sorted(self.model.devices_sharing(self.cfg), key=lambda d: d.raw)
@@ -171,7 +179,7 @@ class FolderRuntime:
         def load() -> None:
             db = self.db
             db.add_folder(self.id, str(self.root))
-            self.scanner = Scanner(self.root, self.id, db, self.model.short, Ignore.load(self.root))
+            self.scanner = Scanner(self.root, self.id, db, self.model.short, Ignore.load(self.fs), fs=self.fs)
             if self.need.ensure_basis(db, devices, self.policy()):
                 log.info("folder %s: need recomputed for %d devices", self.id, len(devices))
 
@@ -185,7 +193,7 @@ class FolderRuntime:
         if self.model.config.get("watch.enabled"):
             self.supervisor.spawn("watcher", self._watch_loop)
         self.supervisor.spawn("rescans", self._rescan_loop)
-        self.supervisor.spawn("trash can", self._prune_loop)
+        self.supervisor.spawn("housekeeping", self._housekeeping_loop)
 
     async def stop(self) -> None:
         for t in self._sender_tasks.values():
@@ -199,6 +207,7 @@ class FolderRuntime:
         self.jobfiles.clear()
         self.worker.shutdown(wait=True, cancel_futures=True)
         self.model.serve_pool.submit(self.storage.close)
+        self.model.serve_pool.submit(self.fs.close)  # after the serving thread is done with it
 
     def _task_failed(self, failure: TaskFailure) -> None:
         self._task_error = f"{failure.task} failed: {failure.error} (restarting)"
@@ -225,7 +234,7 @@ class FolderRuntime:
 
             recomputed = False
             if paths is None or layout.IGNORE_FILE in paths:
-                self.scanner.ignore = Ignore.load(self.root)
+                self.scanner.ignore = Ignore.load(self.fs)
                 recomputed = self.need.ensure_basis(self.db, devices, self.policy())
                 if recomputed:
                     log.info("folder %s: ignore rules changed; need recomputed", self.id)
@@ -287,7 +296,7 @@ class FolderRuntime:
                 if name in needed:
                     continue
                 try:
-                    (self.root / tmp).unlink()
+                    self.fs.unlink(tmp)
                     log.info("folder %s: removed stale temp file %s", self.id, tmp)
                 except FileNotFoundError:
                     pass
@@ -325,16 +334,25 @@ class FolderRuntime:
             await sleep_until(self.clock, sched.next(self.clock.monotonic()))
             await self.scan(None)
 
-    async def _prune_loop(self) -> None:
-        from syncer.model.safe_write import prune_versions
+    def _versions_policy(self) -> safe_write.Versions:
+        cfg = self.model.config
+        return safe_write.Versions(cfg.get("versions.keep"), cfg.get("versions.max_age_days") * 86400.0)
 
+    async def _housekeeping_loop(self) -> None:
+        """Sweeps the trash can (at start, then daily, in runs of bounded work) and closes the
+        serving and directory fds nobody used lately (a deleted file's space comes back, a disk
+        can be unmounted)."""
+        next_prune, cursor = 0.0, None
         while True:
-            keep = self.model.config.get("versions.keep")
-            max_age = self.model.config.get("versions.max_age_days") * 86400.0
-            removed = await self.run_in_worker(prune_versions, self.root, keep, max_age, self.clock.time())
-            if removed:
-                log.info("folder %s: removed %d old versions from the trash can", self.id, removed)
-            await self.clock.sleep(PRUNE_INTERVAL)
+            now = self.clock.monotonic()
+            if now >= next_prune:
+                removed, cursor = await self.run_in_worker(safe_write.prune_tree, self.fs, self._versions_policy(), self.clock.time(), cursor)
+                if removed:
+                    log.info("folder %s: removed %d old versions from the trash can", self.id, removed)
+                next_prune = now + (PRUNE_INTERVAL if cursor is None else PRUNE_RESUME)
+            self.model.serve_pool.submit(self.storage.close_idle)
+            await self.run_in_worker(self.fs.release_idle, self.clock.monotonic())
+            await self.clock.sleep(HOUSEKEEPING_S)
 
     # --- index exchange ------------------------------------------------------------------
     def summary_for(self, peer: DeviceId) -> tuple[int, int]:
@@ -644,6 +662,7 @@ class FolderRuntime:
 
     async def _apply(self, batch: ApplyBatch) -> None:
         now = self.clock.time()
+        versions = self._versions_policy()
         devices = self.sharing()
         policy = self.policy()
         jobs = set(self.puller.job_names())
@@ -660,7 +679,7 @@ class FolderRuntime:
             locals_ = db.get_many(self.id, LOCAL, names)
             finished = [(s.file, locals_.get(s.file.name), s.conflict, self._loser_short(locals_.get(s.file.name))) for s in batch.finished]
             others = [(w.file, locals_.get(w.name)) for w in batch.others]
-            outcome = applying.apply_batch(self.root, finished, others, now)
+            outcome = applying.apply_batch(self.fs, finished, others, now, versions)
             stored = db.update_local(self.id, outcome.applied) if outcome.applied else []
             changes = self.need.recompute(db, devices, names, policy)
             return outcome, stored, self._condense(changes, jobs)
@@ -669,7 +688,7 @@ class FolderRuntime:
             outcome, stored, changes = await self.run_in_worker(work)
         finally:
             self.puller.applied(batch)
-        self.storage.forget([s.file.name for s in batch.finished] + [w.name for w in batch.others])
+        self.storage.forget([s.file.name for s in batch.finished] + [w.name for w in batch.others] + outcome.conflicts)
         self.model.events.items_finished(self.id, stored, outcome.errors)
         self._need_changed(changes)
         failures = [(name, "changed here meanwhile or not empty; trying again later", False) for name in outcome.retry]

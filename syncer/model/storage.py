@@ -4,6 +4,12 @@ local files, blocks verified and written, and blocks read to serve peers.
 Threads: `prepare` runs in the folder's worker thread; `write_block` in the verify pool;
 `read_local` in the serving thread (which alone owns the fd cache). A `JobFile` fences writes:
 once a job is aborted no write of it lands in the file (a newer job may reuse the temp file).
+
+Every file is opened through the folder's confined layer (syncer/fs/confined.py): a temp file
+whose parent on disk is a symlink or a file fails for that file alone, and a file behind a
+symlinked parent is never read, for reuse or for serving. Cached serving fds are dropped when
+their names change on disk and closed when idle (`close_idle`), so a deleted file's space comes
+back.
 """
 
 from __future__ import annotations
@@ -13,16 +19,20 @@ import errno
 import hashlib
 import os
 import shutil
+import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from syncer.fs import layout
+from syncer.fs.confined import FolderFS
+from syncer.fs.serving import ServingFiles
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.model import safe_write
+from syncer.model.apply import check_syncable
 from syncer.transfer.puller import JobSpec
 
 SERVING_FDS = 64
@@ -88,11 +98,13 @@ class Prepared:
 
 
 class Storage:
-    def __init__(self, root: Path, folder: str, reserve_bytes: Callable[[], int]) -> None:
-        self.root = root
+    def __init__(self, fs: FolderFS, folder: str, reserve_bytes: Callable[[], int], monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.fs = fs
+        self.root = fs.root
         self.folder = folder
         self.reserve_bytes = reserve_bytes
-        self._fds: OrderedDict[str, int] = OrderedDict()  # serving thread only
+        self.monotonic = monotonic
+        self._fds = ServingFiles(SERVING_FDS)  # serving thread only
         self._rows: OrderedDict[str, FileInfo | None] = OrderedDict()  # serving thread only
         self._stale: set[str] = set()
         self._stale_lock = threading.Lock()
@@ -106,23 +118,25 @@ class Storage:
         free = shutil.disk_usage(self.root).free - self.reserve_bytes() - committed
         for spec in specs:
             glob = spec.file
-            tmp = self.root / layout.temp_name(glob.name)
+            tmp = layout.temp_name(glob.name)
             mode = safe_write.temp_mode(glob.permissions)
             try:
-                existing = tmp.lstat().st_size if tmp.is_file() else 0
-            except OSError:
-                existing = 0
+                check_syncable(glob.name)
+                st = self.fs.lstat_or_none(tmp)  # UnsafePath: a parent is a symlink or a file
+            except OSError as e:
+                out.append(Prepared(spec, None, set(), f"cannot create temp file: {e.strerror or e}"))
+                continue
+            existing = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
             if glob.size - existing > free:
                 out.append(Prepared(spec, None, set(), f"not enough free disk space for {glob.size >> 20} MiB (reserve {self.reserve_bytes() >> 20} MiB)", disk_full=True))
                 continue
             try:
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), mode)
+                # parents made without following a symlink; the temp file itself O_NOFOLLOW
+                fd, st = self.fs.open_temp(tmp, mode)
             except OSError as e:
                 out.append(Prepared(spec, None, set(), f"cannot create temp file: {e.strerror or e}", disk_full=e.errno == errno.ENOSPC))
                 continue
             try:
-                st = os.fstat(fd)
                 if st.st_mode & 0o7777 != mode:  # umask, or an older temp file
                     os.fchmod(fd, mode)
                 have = self._reuse(db, fd, glob, st.st_size, known)
@@ -163,7 +177,7 @@ class Storage:
         if bsize != size:
             return None
         try:
-            fd = os.open(self.root / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd, _ = self.fs.open_read(name)
         except OSError:
             return None
         try:
@@ -174,7 +188,7 @@ class Storage:
 
     def drop_temp(self, name: str) -> None:
         with contextlib.suppress(OSError):
-            os.unlink(self.root / layout.temp_name(name))
+            self.fs.unlink(layout.temp_name(name))
 
     # --- serving (serving thread) --------------------------------------------------------
     def forget(self, names: list[str] | set[str]) -> None:
@@ -186,11 +200,8 @@ class Storage:
     def _drop_stale(self) -> None:
         with self._stale_lock:
             stale, self._stale = self._stale, set()
+        self._fds.drop(stale)
         for name in stale:
-            fd = self._fds.pop(name, None)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
             self._rows.pop(name, None)
 
     def read_local(self, db: IndexDB, name: str, index: int, offset: int, size: int, expected: bytes) -> bytes | str:
@@ -223,29 +234,28 @@ class Storage:
     def _open(self, f: FileInfo) -> int | None:
         """A cached read-only fd of the file, if the file on disk is still the version `f`
         (opening per block would cost syscalls and a watcher event each time)."""
-        fd = self._fds.pop(f.name, None)
+        fd = self._fds.take(f.name)
         if fd is not None and not _is_version(fd, f):
             os.close(fd)  # replaced since we opened it
             fd = None
         if fd is None:
             try:
-                fd = os.open(self.root / f.name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                fd, st = self.fs.open_read(f.name)  # never through a symlinked parent
             except OSError:
                 return None
-            if not _is_version(fd, f):
+            if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
                 os.close(fd)
                 return None
-        self._fds[f.name] = fd
-        while len(self._fds) > SERVING_FDS:
-            _, old = self._fds.popitem(last=False)
-            os.close(old)
+        self._fds.put(f.name, fd, self.monotonic())
         return fd
 
+    def close_idle(self) -> None:
+        """Close serving fds unused for a while, and those of changed names (serving thread)."""
+        self._drop_stale()
+        self._fds.close_idle(self.monotonic())
+
     def close(self) -> None:
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
+        self._fds.close_all()
         self._rows.clear()
 
 

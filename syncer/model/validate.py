@@ -1,5 +1,7 @@
 """Checks on what peers announce (pure). A hostile or buggy peer must not make us write outside
-the folder, into `.syncer/`, or over temp files, nor feed us nonsense block lists."""
+the folder, into `.syncer/`, over temp files or this device's `.syncerignore`, nor feed us
+nonsense block lists, paths deeper than MAX_DEPTH or permission bits beyond 0o7777 (which are
+masked to 0o777 when applied). The confined layer enforces the filesystem side again on disk."""
 
 from __future__ import annotations
 
@@ -28,10 +30,14 @@ def bad_name(name: str) -> str | None:
     if name.startswith("/") or posixpath.normpath(name) != name:
         return "name is not a normalised relative path"
     parts = name.split("/")
+    if len(parts) > layout.MAX_DEPTH:
+        return f"name deeper than {layout.MAX_DEPTH} components"
     if any(p in ("", ".", "..") for p in parts):
         return "name has an empty, '.' or '..' component"
     if parts[0] == layout.MARKER:
         return "name inside .syncer/"
+    if layout.is_local_only(name):
+        return f"{name} is local to each device, never synced"
     if is_temp_name(name):
         return "name of a temp file"
     if unicodedata.normalize("NFC", name) != name:

@@ -6,6 +6,11 @@ files that differ are re-hashed. Hashing runs in a thread pool over all cores: h
 the GIL, and big files are cut into ranges hashed in parallel. A file that changes while being
 hashed is hashed again (or reported), never recorded with wrong hashes. Directory mtimes are not
 changes (adding a file changes them and would ripple across devices).
+
+Every access goes through the folder's confined layer (syncer/fs/confined.py): the walk is
+iterative, opens each directory relative to its parent without following symlinks, and stops at
+MAX_DEPTH; symlinks are recorded with their target and never followed, also not when hashing. A
+root-level `.syncerignore` is never announced (it is local to each device).
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from syncer.errors import FolderError
-from syncer.fs.layout import MARKER, is_temp_name
+from syncer.fs.confined import FolderFS, UnsafePath
+from syncer.fs.layout import MARKER, MAX_DEPTH, TEMP_PREFIX, TEMP_SUFFIX
 from syncer.ignore import Ignore
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
 from syncer.scan.blocksize import block_size_for
 
+PERMISSION_BITS = 0o777  # setuid/setgid/sticky are local matters, never announced
 RANGE_BYTES = 16 << 20  # big files are hashed in ranges of this size, in parallel
 SMALL_BATCH = 64  # small files hashed per task (amortises the thread hand-off)
 SMALL_FILE = 1 << 20
@@ -49,8 +56,8 @@ class ScanResult:
 
 @dataclass
 class _Entry:
-    name: str
-    path: str
+    name: str  # NFC
+    path: str  # as on disk (folder-relative)
     st: os.stat_result
     type: FileType
     target: str = ""
@@ -71,9 +78,15 @@ class MassDelete(FolderError):
         self.deleting, self.total = deleting, total
 
 
-def hash_range(path: str, offset: int, length: int, bs: int, expect: tuple[int, int]) -> list[bytes]:
-    """SHA-256 of each block in [offset, offset+length); raises FileChanged if size/mtime moved."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+def hash_range(fs: FolderFS, name: str, offset: int, length: int, bs: int, expect: tuple[int, int]) -> list[bytes]:
+    """SHA-256 of each block in [offset, offset+length) of `name` (opened through the confined
+    layer); raises FileChanged if size/mtime moved."""
+    fd, _ = fs.open_read(name)
+    return _hash_fd(fd, offset, length, bs, expect)
+
+
+def _hash_fd(fd: int, offset: int, length: int, bs: int, expect: tuple[int, int]) -> list[bytes]:
+    """As hash_range, of an open fd (closed here)."""
     try:
         out = []
         end = offset + length
@@ -93,13 +106,32 @@ def hash_range(path: str, offset: int, length: int, bs: int, expect: tuple[int, 
         os.close(fd)
 
 
-def hash_small_batch(items: list[tuple[str, int, int, int]]) -> list[list[bytes] | str]:
+def hash_small_batch(items: list[tuple[FolderFS, str, int, int, int]]) -> list[list[bytes] | str]:
+    """Hash whole small files; each directory of the batch is resolved (and validated) once
+    through the confined layer, its files opened relative to it without following symlinks."""
     out: list[list[bytes] | str] = []
-    for path, size, mtime, bs in items:
-        try:
-            out.append(hash_range(path, 0, size, bs, (size, mtime)) if size else [])
-        except (OSError, FileChanged) as e:
-            out.append(getattr(e, "strerror", None) or str(e))
+    dirs: dict[str, int | str] = {}  # parent -> this batch's own fd, or why it cannot be opened
+    try:
+        for fs, name, size, mtime, bs in items:
+            head, _, base = name.rpartition("/")
+            try:
+                dfd = dirs.get(head)
+                if dfd is None:
+                    try:
+                        dfd = dirs[head] = fs.open_dir(head)
+                    except OSError as e:
+                        dfd = dirs[head] = e.strerror or str(e)
+                if isinstance(dfd, str):
+                    out.append(dfd)
+                    continue
+                fd, _ = fs.open_read_at(dfd, base, name)
+                out.append(_hash_fd(fd, 0, size, bs, (size, mtime)))
+            except (OSError, FileChanged) as e:
+                out.append(getattr(e, "strerror", None) or str(e))
+    finally:
+        for dfd in dirs.values():
+            if isinstance(dfd, int):
+                os.close(dfd)
     return out
 
 
@@ -112,8 +144,10 @@ class Scanner:
         local_short: int,
         ignore: Ignore | None = None,
         workers: int | None = None,
+        fs: FolderFS | None = None,
     ) -> None:
         self.root = Path(root)
+        self.fs = fs if fs is not None else FolderFS(root)
         self.folder_id = folder_id
         self.db = db
         self.short = local_short
@@ -121,47 +155,49 @@ class Scanner:
         self.workers = workers or max(2, os.cpu_count() or 2)
 
     # --- walking -------------------------------------------------------------------
-    def _walk(self, rel: str, out: list[_Entry], result: ScanResult) -> None:
+    def _walk(self, top: str, out: list[_Entry], result: ScanResult) -> None:
+        """Everything below the directory `top`, through the confined layer: iterative, never
+        following a symlink (symlinks are recorded with their target), at most MAX_DEPTH deep."""
         errors = result.errors
-        base = os.path.join(str(self.root), rel) if rel else str(self.root)
         try:
-            it = os.scandir(base)
+            walker = self.fs.walk(top, max_components=MAX_DEPTH)
         except OSError as e:
-            errors.append((rel or ".", e.strerror or str(e)))
+            errors.append((top or ".", e.strerror or str(e)))
             return
-        with it:
-            for de in it:
-                name = f"{rel}/{de.name}" if rel else de.name
+        ignored = self.ignore.ignored
+        for listing in walker:
+            rel = listing.rel
+            if listing.error is not None:
+                errors.append((_printable(rel) or ".", listing.error.strerror or str(listing.error)))
+                continue
+            for base, err in listing.errors:
+                errors.append((_printable(f"{rel}/{base}" if rel else base), err.strerror or str(err)))
+            descend: list[str] = []
+            for base, st, target in listing.entries:
+                path = f"{rel}/{base}" if rel else base
                 try:
-                    name.encode("utf-8")
+                    path.encode("utf-8")
                 except UnicodeEncodeError:
-                    errors.append((name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "name is not valid UTF-8"))
+                    errors.append((_printable(path), "name is not valid UTF-8"))
                     continue
-                nfc = unicodedata.normalize("NFC", name)
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except OSError as e:
-                    errors.append((nfc, e.strerror or str(e)))
-                    continue
+                nfc = unicodedata.normalize("NFC", path)
                 mode = st.st_mode
                 is_dir = stat.S_ISDIR(mode)
-                if not is_dir and stat.S_ISREG(mode) and is_temp_name(de.name):
+                if not is_dir and stat.S_ISREG(mode) and base.startswith(TEMP_PREFIX) and base.endswith(TEMP_SUFFIX):
                     result.temp_files.append((nfc, st.st_mtime))
                     continue
-                if self.ignore.ignored(nfc, is_dir):
+                if ignored(nfc, is_dir, base if nfc is path else None):
                     continue
                 if is_dir:
-                    out.append(_Entry(nfc, de.path, st, FileType.DIRECTORY))
-                    self._walk(name, out, result)
+                    out.append(_Entry(nfc, path, st, FileType.DIRECTORY))
+                    descend.append(base)
                 elif stat.S_ISREG(mode):
-                    out.append(_Entry(nfc, de.path, st, FileType.FILE))
+                    out.append(_Entry(nfc, path, st, FileType.FILE))
                 elif stat.S_ISLNK(mode):
-                    try:
-                        out.append(_Entry(nfc, de.path, st, FileType.SYMLINK, os.readlink(de.path)))
-                    except OSError as e:
-                        errors.append((nfc, e.strerror or str(e)))
+                    out.append(_Entry(nfc, path, st, FileType.SYMLINK, target))
                 else:
                     errors.append((nfc, "not a regular file, directory or symlink (skipped)"))
+            listing.subdirs[:] = descend
 
     def _entries(self, paths: Iterable[str] | None, result: ScanResult) -> tuple[list[_Entry], list[str] | None]:
         """Entries to consider, and the scope (None = whole folder, else name prefixes)."""
@@ -177,29 +213,36 @@ class Scanner:
             if not p or p in seen or any(p.startswith(s + "/") for s in scope):
                 continue
             seen.add(p)
+            if p.count("/") >= MAX_DEPTH:
+                errors.append((p[:200], f"deeper than {MAX_DEPTH} path components (not scanned)"))
+                continue
             scope.append(p)
             if self.ignore.ignored(p):
                 continue
-            full = os.path.join(str(self.root), p)
             try:
-                st = os.lstat(full)
-            except FileNotFoundError:
-                continue
+                st = self.fs.lstat_or_none(p)
+            except UnsafePath:
+                continue  # a parent is now a symlink or a file: not in the folder any more
             except OSError as e:
                 errors.append((p, e.strerror or str(e)))
                 continue
+            if st is None:
+                continue
             if stat.S_ISDIR(st.st_mode):
-                out.append(_Entry(p, full, st, FileType.DIRECTORY))
+                out.append(_Entry(p, p, st, FileType.DIRECTORY))
                 self._walk(p, out, result)
             elif stat.S_ISREG(st.st_mode):
-                out.append(_Entry(p, full, st, FileType.FILE))
+                out.append(_Entry(p, p, st, FileType.FILE))
             elif stat.S_ISLNK(st.st_mode):
-                out.append(_Entry(p, full, st, FileType.SYMLINK, os.readlink(full)))
+                try:
+                    out.append(_Entry(p, p, st, FileType.SYMLINK, self.fs.readlink(p)))
+                except OSError as e:
+                    errors.append((p, e.strerror or str(e)))
         return out, scope
 
     # --- scanning ------------------------------------------------------------------
     def scan(self, paths: Iterable[str] | None = None, progress: Progress | None = None, allow_mass_delete: bool = True) -> ScanResult:
-        if not (self.root / MARKER).is_dir():
+        if not self.fs.refresh_root() or not self.fs.is_dir(MARKER):
             raise FolderError(f"folder marker {self.root / MARKER} missing: folder stopped")
         result = ScanResult()
         entries, scope = self._entries(paths, result)
@@ -209,7 +252,7 @@ class Scanner:
         to_hash: list[_Entry] = []
         for e in entries:
             st = e.st
-            perms = st.st_mode & 0o7777
+            perms = st.st_mode & PERMISSION_BITS
             old = state.get(e.name)
             if e.type == FileType.FILE:
                 result.files += 1
@@ -281,7 +324,7 @@ class Scanner:
             type=e.type,
             size=st.st_size if e.type == FileType.FILE else 0,
             mtime_ns=st.st_mtime_ns,
-            permissions=st.st_mode & 0o7777,
+            permissions=st.st_mode & PERMISSION_BITS,
             block_size=bs,
             blocks=blocks,
             symlink_target=e.target,
@@ -305,14 +348,14 @@ class Scanner:
             small_futs = []
             for i in range(0, len(small), SMALL_BATCH):
                 batch = small[i : i + SMALL_BATCH]
-                items = [(e.path, e.st.st_size, e.st.st_mtime_ns, block_size_for(e.st.st_size)) for e in batch]
+                items = [(self.fs, e.path, e.st.st_size, e.st.st_mtime_ns, block_size_for(e.st.st_size)) for e in batch]
                 small_futs.append((batch, pool.submit(hash_small_batch, items)))
             big_futs = []
             for e in big:
                 size, bs = e.st.st_size, block_size_for(e.st.st_size)
                 step = max(bs, RANGE_BYTES - RANGE_BYTES % bs)
                 expect = (size, e.st.st_mtime_ns)
-                parts = [pool.submit(hash_range, e.path, off, min(step, size - off), bs, expect) for off in range(0, size, step)]
+                parts = [pool.submit(hash_range, self.fs, e.path, off, min(step, size - off), bs, expect) for off in range(0, size, step)]
                 big_futs.append((e, parts))
             for batch, fut in small_futs:
                 for e, res in zip(batch, fut.result(), strict=True):
@@ -340,6 +383,10 @@ class Scanner:
                     out.append((e, blocks))
         result.hashed_bytes = sum(e.st.st_size for e, _ in out)
         return out
+
+
+def _printable(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _in_scope(name: str, scope: list[str] | None) -> bool:
