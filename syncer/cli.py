@@ -19,9 +19,22 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from syncer.commands import basic, bt, daemon, discovery, folders, gui, peers, relay
+    from syncer.commands import (
+        basic,
+        bt,
+        daemon,
+        discovery,
+        doctor,
+        folderops,
+        folders,
+        gui,
+        invite,
+        peers,
+        relay,
+        service,
+    )
 
-    for module in (basic, folders, peers, daemon, discovery, relay, gui, bt):
+    for module in (basic, folders, folderops, peers, invite, daemon, service, discovery, relay, doctor, gui, bt):
         app.registered_commands.extend(module.app.registered_commands)
         app.registered_groups.extend(module.app.registered_groups)
 

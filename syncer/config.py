@@ -25,6 +25,9 @@ from syncer.errors import ConfigError, InvalidDeviceId
 
 ADDRESS_SCHEMES = ("tcp", "quic", "relay")
 FOLDER_TYPES = ("send-receive", "send-only", "receive-only")
+# public infrastructure nobody has to run for us (docs/nat.md)
+DEFAULT_DHT_BOOTSTRAP = ("dht.libtorrent.org:25401", "router.bittorrent.com:6881", "dht.transmissionbt.com:6881")
+DEFAULT_STUN_SERVERS = ("stun.l.google.com:19302", "stun.cloudflare.com:3478", "stun.nextcloud.com:443")
 
 
 def _is_address(v: str) -> bool:
@@ -67,8 +70,8 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "listen",
             list,
-            ["tcp://0.0.0.0:22000", "quic://0.0.0.0:22000"],
-            "listen addresses (tcp://HOST:PORT, quic://HOST:PORT)",
+            ["tcp://[::]:22000", "quic://[::]:22000"],
+            "listen addresses (tcp://HOST:PORT, quic://HOST:PORT); [::] is IPv6 and IPv4 (dual stack)",
             _each(_is_address),
             "each must look like tcp://HOST:PORT or quic://HOST:PORT",
         ),
@@ -114,8 +117,8 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "discovery.dht.bootstrap",
             list,
-            [],
-            "DHT bootstrap nodes HOST:PORT",
+            list(DEFAULT_DHT_BOOTSTRAP),
+            "DHT bootstrap nodes HOST:PORT (contacted only while the saved routing table is thin)",
             _each(_is_hostport),
             "each must be HOST:PORT",
         ),
@@ -137,7 +140,30 @@ SETTINGS: dict[str, Setting] = {
             _each(_is_address),
             "each must be relay://HOST:PORT",
         ),
-        Setting("nat.enabled", bool, True, "try UDP hole punching through the relays' rendezvous"),
+        Setting(
+            "nat.enabled",
+            bool,
+            True,
+            "NAT traversal: hole punching (through relays' rendezvous or paired devices), STUN, port "
+            "mapping; off turns all of them off",
+        ),
+        Setting("nat.stun", bool, True, "learn our public address from STUN servers (RFC 8489)"),
+        Setting(
+            "nat.stun_servers",
+            list,
+            list(DEFAULT_STUN_SERVERS),
+            "STUN servers HOST:PORT asked from our UDP (QUIC) socket",
+            _each(_is_hostport),
+            "each must be HOST:PORT",
+        ),
+        Setting("nat.port_mapping", bool, True, "map the listen ports on the router (UPnP IGD, NAT-PMP)"),
+        Setting("nat.assist", bool, True, "hole punching coordinated by a paired device connected to both ends"),
+        Setting(
+            "nat.relay_via_devices",
+            bool,
+            True,
+            "as a last resort relay through a paired device connected to both ends, and relay for them",
+        ),
         Setting(
             "limits.max_send_kbps",
             int,

@@ -26,14 +26,19 @@ from syncer.errors import DaemonError, SyncerError
 from syncer.events import EventLog
 from syncer.identity import load_or_create
 from syncer.index.db import recover_if_damaged
+from syncer.invite.addresses import dialable
+from syncer.invite.service import InviteService
 from syncer.memtune import tune_malloc
 from syncer.model.sync import SyncModel
+from syncer.nat.assist import PeerAssist
 from syncer.nat.attempts import execute
+from syncer.nat.history import DialHistory
 from syncer.nat.policy import Attempt, Route, UpgradePolicy, plan
 from syncer.nat.rendezvous import PunchResponder
+from syncer.nat.service import NatService
 from syncer.net.backoff import Backoff
 from syncer.net.fdlimit import raise_open_files_limit
-from syncer.net.quic import QuicTransport
+from syncer.net.quic import QuicListener, QuicTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
 from syncer.paths import Paths
@@ -45,6 +50,7 @@ from syncer.relay.client import RelayTransport
 log = logging.getLogger("syncer.daemon")
 
 DIAL_TICK = 0.5
+MAX_DISCOVERED = 32  # addresses remembered per device (from discovery and the device itself)
 HELLO_TIMEOUT = 10.0
 GIL_SWITCH_INTERVAL = 0.02  # seconds; see run_daemon
 
@@ -103,6 +109,18 @@ class Daemon:
         self.last_seen: dict[str, float] = {}  # device id -> wall time its last connection ended
         self.bt: BtService | None = None
         self.notices: list[str] = []  # things the user must know about this run (status)
+        # reachability (STUN, port mapping, what devices observe) and help from paired devices
+        self.nat = NatService(lambda key: self.config.get(key))
+        self.assist = PeerAssist(
+            self.identity,
+            self.sessions,
+            paired=lambda d: self.config.device(d) is not None,
+            setting=lambda key: self.config.get(key),
+            on_stream=lambda s, route: self._handle_stream(s, None, route),
+            names=self._name_of,
+        )
+        self.history = DialHistory()
+        self.invites = InviteService(self)
 
     # lifecycle -------------------------------------------------------------
     @property
@@ -129,6 +147,7 @@ class Daemon:
         # (folders finish starting, scans included, in the background)
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store, events=self.events)
         self.control.start()
+        self.model.assist = self.assist
         await self.model.start()
         for url in self.listen_urls:
             scheme = url.partition("://")[0]
@@ -148,6 +167,7 @@ class Daemon:
         log.info("control API on %s", address)
         for url in self.config.get("relays"):
             self._spawn(self._use_relay(url))
+        self._start_nat()
         await self._start_discovery()
         if self.config.get("bt.enabled"):
             self.bt = BtService(self.paths.state_dir, self.config.get("bt.listen"), lambda: self.discovery.dht if self.discovery else None)
@@ -157,6 +177,31 @@ class Daemon:
                 log.warning("BitTorrent unavailable: %s", e)
                 self.bt = None
         self._spawn(self._dial_loop())
+        self._spawn(self.invites.run())
+
+    def _start_nat(self) -> None:
+        quic = next((lst for lst in self.listeners if isinstance(lst, QuicListener)), None)
+        self.assist.quic = quic.endpoint if quic is not None else None
+        self.assist.listen = [lst.url for lst in self.listeners]
+        self.assist.external = self.nat.external_urls
+        self.assist.on_addresses = self._peer_addresses
+        quic_port = Address.parse(quic.url).port if quic is not None else 0
+        self.nat.on_external = lambda ip: self.discovery.external_ip(ip) if self.discovery is not None else None
+        self.nat.on_mappings = lambda: self.discovery.reannounce() if self.discovery is not None else None
+        public = any(not Address.parse(lst.url).host.startswith(("127.", "::1", "localhost")) for lst in self.listeners)
+        self.nat.start(quic.endpoint.udp if quic is not None else None, self._listen_port(), quic_port, map_ports=public)
+
+    def _peer_addresses(self, device: DeviceId, info: Any) -> None:
+        """A connected device told us what it sees and what reaches it (nat/assist.py)."""
+        self.nat.peer_saw(device.short, info.observed, self.assist.quic_addr(device))
+        for url in info.external:  # mapped ports, global IPv6: for the next time we dial it
+            if url.startswith(("tcp://", "quic://")):
+                self._discovered_address(device, url, "announced")
+
+    def _name_of(self, device: DeviceId) -> str:
+        dev = self.config.device(device)
+        s = self.sessions.get(device)
+        return (dev.name if dev else "") or (s.remote_name if s else "") or device.short
 
     async def _check_index(self) -> None:
         """A damaged index.db is moved aside and rebuilt by rescanning: the files on disk are
@@ -182,30 +227,39 @@ class Daemon:
         port = self._listen_port()
         if not port:
             return
-        self.discovery = DiscoveryService(self.config, self.device_id, port, self._discovered_address)
+        self.discovery = DiscoveryService(
+            self.config, self.device_id, port, self._discovered_address, self.paths.state_dir, self.nat.announce_port
+        )
         try:
             await self.discovery.start()
         except (OSError, SyncerError) as e:
             log.warning("discovery unavailable: %s", e)
             self.discovery = None
+        self.invites.discovery_restarted()
 
     def _discovered_address(self, device: DeviceId, address: str, source: str) -> None:
         if self.config.device(device) is None:
             return
         known = self.discovered.setdefault(device, {})
+        if source == "announced" and address in known:
+            return  # found by discovery first: keep saying how
         if known.get(address) != source:
             known[address] = source
+            while len(known) > MAX_DISCOVERED:  # a flood of fake announcements stays bounded
+                known.pop(next(iter(known)))
             log.info("found %s at %s via %s", device.short, address, source)
             if device not in self.sessions:
                 self.backoff.setdefault(device, Backoff()).reset()
                 self._wake_dialer.set()
+            elif source != "announced":
+                self.upgrades.setdefault(device, UpgradePolicy()).retry_now(time.monotonic())  # maybe better
 
     async def _use_relay(self, url: str) -> None:
         """Stay registered at a relay (so peers reach us through it) and answer punches
         coordinated by its rendezvous; retries with backoff while the relay is unreachable."""
         backoff = Backoff()
         while True:
-            relay = RelayTransport(self.identity, url, accept=lambda d: self.config.device(d) is not None)
+            relay = RelayTransport(self.identity, url, accept=self._relay_accepts)
             try:
                 await relay.register(lambda s: self._handle_stream(s, None, "relayed"))
             except (TransportError, OSError) as e:
@@ -227,6 +281,11 @@ class Daemon:
             self._wake_dialer.set()
             return
 
+    def _relay_accepts(self, device: DeviceId) -> bool:
+        """Relay invitations are answered for paired devices, and while an invite is active
+        for anyone (the pairing gate then admits only the invite exchange)."""
+        return self.config.device(device) is not None or self.invites.accepting()
+
     async def _shutdown(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.paths.api_address_file.unlink()
@@ -234,6 +293,8 @@ class Daemon:
             await self.bt.stop()
         if self.discovery is not None:
             await self.discovery.stop()
+        await self.nat.stop()
+        await self.assist.close()
         for responder in self.responders:
             with contextlib.suppress(Exception):
                 await responder.close()
@@ -268,7 +329,7 @@ class Daemon:
 
     # connections -------------------------------------------------------------
     async def _on_inbound(self, stream: Stream) -> None:
-        await self._handle_stream(stream, expected=None)
+        await self._handle_stream(stream, expected=None, route=self.assist.route_of(stream))
 
     async def _handle_stream(self, stream: Stream, expected: DeviceId | None, route: str = "direct") -> None:
         peer = stream.peer
@@ -277,6 +338,13 @@ class Daemon:
             stream.abort()
             return
         dev = self.config.device(peer)
+        if expected is None and self.invites.accepting():
+            # while an invite is active, an inbound device may speak the invite exchange
+            # (the only thing an unpaired one may do); else it goes on as before
+            screened = await self.invites.handle(stream, paired=dev is not None)
+            if screened is None:
+                return  # it did: that connection is over; paired now, it connects anew
+            stream = screened
         if dev is None:
             log.info("connection from unpaired device %s at %s refused", peer, stream.remote_address)
             self.pending_store.add_device(str(peer), stream.remote_address, "", time.time())
@@ -312,6 +380,7 @@ class Daemon:
         if self.model is not None:
             session.handler = self.model
             self.model.on_connected(session)
+        self.assist.connected(session)
         try:
             await session.run()
         finally:
@@ -319,6 +388,8 @@ class Daemon:
                 self.model.on_disconnected(session)
             if self.sessions.get(peer) is session:
                 del self.sessions[peer]
+                self.assist.disconnected(peer)
+                self.nat.peer_left(peer.short)
                 self.upgrades.setdefault(peer, UpgradePolicy()).disconnected()
                 log.info("disconnected from %s: %s", peer.short, session.close_reason)
                 self.last_seen[str(peer)] = time.time()
@@ -338,6 +409,8 @@ class Daemon:
             [a for a, _ in self.addresses_of(device)],
             list(self.relays),
             nat_enabled=bool(self.config.get("nat.enabled")),
+            helpers=[str(h) for h in self.assist.helpers(device)],
+            relay_via_devices=bool(self.config.get("nat.relay_via_devices")),
         )
 
     async def _dial_loop(self) -> None:
@@ -376,10 +449,12 @@ class Daemon:
         try:
             for attempt in attempts:
                 try:
-                    stream = await execute(attempt, self.identity, device, self.relays)
+                    stream = await execute(attempt, self.identity, device, self.relays, self.assist)
                 except (SyncerError, OSError) as e:
                     log.debug("dial %s via %s %s: %s", device.short, attempt.kind, attempt.url, e)
+                    self.history.record(device, attempt.kind, attempt.url, attempt.route.name.lower(), str(e) or type(e).__name__, time.time())
                     continue
+                self.history.record(device, attempt.kind, attempt.url, attempt.route.name.lower(), None, time.time())
                 self.dialing.discard(device)
                 await self._handle_stream(stream, expected=device, route=attempt.route.name.lower())
                 return
@@ -409,6 +484,10 @@ class Daemon:
             "down_rate": s.down_rate() if s else 0.0,
             "up_rate": s.up_rate() if s else 0.0,
             "folders": self._transfer_stats(device),
+            "attempts": self.history.of(device),
+            "why_not_direct": self.history.why_not_direct(
+                device, info.route if info else None, any(a.startswith(("tcp://", "quic://")) for a, _ in self.addresses_of(device))
+            ),
         }
 
     def _transfer_stats(self, device: DeviceId) -> dict[str, dict[str, int]]:
@@ -439,6 +518,8 @@ class Daemon:
             "folders": self.folders(),
             "devices": self.devices(),
             "notices": list(self.notices),
+            "nat": self.nat.report(),
+            "dht": self.discovery.dht_report() if self.discovery is not None else {"enabled": False},
         }
 
     async def reload(self) -> None:
@@ -462,6 +543,8 @@ class Daemon:
         await self._start_discovery()
         for b in self.backoff.values():
             b.reset()
+        for u in self.upgrades.values():
+            u.retry_now(time.monotonic())  # new addresses may allow a better route than today's
         self._wake_dialer.set()
 
     async def scan(self, folder: str | None) -> dict[str, Any]:
@@ -500,6 +583,25 @@ class Daemon:
 
     async def bt_dht_announce(self, info_hash: bytes, port: int) -> int:
         return await self._bt().dht_announce(info_hash, port)
+
+    # invites (syncer/invite/) ----------------------------------------------------------
+    def link_addresses(self) -> list[str]:
+        """Where a joiner can reach us: listeners as dialable addresses, then our relays."""
+        return dialable([listener.url for listener in self.listeners]) + list(self.relays)
+
+    async def join(self, text: str, timeout: float) -> dict[str, Any]:
+        """Run the joiner's side of an invite with this daemon's discovery and relays; the
+        CLI then writes the configuration (syncer/commands/invite.py)."""
+        from syncer.invite.code import parse_code_or_link
+        from syncer.invite.join import Finder, Joiner
+
+        code, link = parse_code_or_link(text)
+        finder = Finder(self.config, self.device_id, self.discovery, self._listen_port() or 22000)
+        joiner = Joiner(
+            self.identity, self.config, code, link, self.config.device_name,
+            self.link_addresses(), finder, self.relays,
+        )
+        return (await joiner.run(timeout)).to_json()
 
 
 class LostConnectionWrites(logging.Filter):

@@ -244,13 +244,9 @@ def _type_name(t: Any) -> str:
 
 def conflict_original(name: str) -> str:
     """`dir/a.sync-conflict-20250101-101010-ABCDEFG.txt` -> `dir/a.txt`."""
-    head, sep, base = name.rpartition("/")
-    stem, marker, rest = base.partition(CONFLICT_MARKER)
-    if not marker:
-        return name
-    # rest = YYYYMMDD-HHMMSS-SHORTID[.ext]
-    _, dot, ext = rest.partition(".")
-    return head + sep + stem + (dot + ext if dot else "")
+    from syncer.model.conflicts import original_of
+
+    return original_of(name)
 
 
 def parse_types(raw: str) -> frozenset[str] | None:

@@ -67,3 +67,15 @@ class Ignore:
         if self.spec is None:
             return False
         return self.spec.match_file(name + "/" if is_dir else name)
+
+    def explain(self, name: str, is_dir: bool = False) -> tuple[bool, str | None]:
+        """(ignored?, the rule that decided it): a line of .syncerignore (the last that matches,
+        as in git), the built-in rule for syncer's own files and OS junk, or None."""
+        if always_ignored(name):
+            return True, "built-in: syncer's own files and OS junk are never synced"
+        if self.spec is None:
+            return False, None
+        r = self.spec.check_file(name + "/" if is_dir else name)
+        if r.index is None:
+            return False, None
+        return bool(r.include), self.patterns[r.index]

@@ -91,6 +91,11 @@ class Paths:
         return self.state_dir / "pending.json"
 
     @property
+    def invites_file(self) -> Path:
+        """Invites issued here, with their codes (syncer/invite/store.py)."""
+        return self.state_dir / "invites.json"
+
+    @property
     def secret_files(self) -> list[Path]:
         db = self.index_db
         return [
@@ -102,6 +107,7 @@ class Paths:
             db.with_name(db.name + "-shm"),
             self.api_token_file,
             self.pending_file,
+            self.invites_file,
         ]
 
     def ensure(self) -> Paths:

@@ -278,3 +278,35 @@ def test_quic_caps_pending_handshakes(ids, monkeypatch):
             await listener.close()
 
     run(main())
+
+
+def test_dual_stack_listeners_accept_ipv4_and_ipv6(ids):
+    ida, idb = ids
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+
+    async def main() -> None:
+        got: list[Stream] = []
+
+        async def handler(s: Stream) -> None:
+            s.peer_accepted()
+            got.append(s)
+
+        for transport in (TcpTransport, QuicTransport):
+            listener = await transport(idb).listen(f"{transport.scheme}://[::]:0", handler)
+            port = int(listener.url.rsplit(":", 1)[1])
+            try:
+                for host in ("127.0.0.1", "[::1]"):
+                    s = await transport(ida).connect(f"{transport.scheme}://{host}:{port}")
+                    assert s.peer == idb.device_id
+                    s.abort()
+                assert await _wait(lambda: len(got) == 2)
+                # the IPv4 peer is shown as IPv4, not as ::ffff:127.0.0.1
+                assert sorted(x.remote_address.split("://")[1].rsplit(":", 1)[0] for x in got) == ["127.0.0.1", "[::1]"]
+            finally:
+                for x in got:
+                    x.abort()
+                got.clear()
+                await listener.close()
+
+    run(main())

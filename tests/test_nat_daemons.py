@@ -64,7 +64,8 @@ def _sync_behind_nats(lab: NatLab, tmp_path: Path) -> tuple[dict, dict]:
         return next((d for d in st.get("devices", []) if d["device_id"] == other and d["connected"]), None)
 
     wait_until(lambda: tree(fa) == tree(fb), 120, "folders identical across the NATs: " + lab.logs()[-2000:])
-    return row("h1", ha, idb) or {}, row("h2", hb, ida) or {}
+    # both sides' view, polled: one `syncer status` can fail or catch a moment between connections
+    return wait_until(lambda: (ra := row("h1", ha, idb)) and (rb := row("h2", hb, ida)) and (ra, rb), 60, "both connected")
 
 
 def test_cone_nats_sync_over_punched_quic(natlab: Callable[..., NatLab], tmp_path: Path) -> None:  # noqa: F811

@@ -16,7 +16,7 @@ import pytest
 from tests.daemons import cluster, wait_until
 from tests.syncfix import share, wait_same
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 FID = "flooded"
 FLOOD = 1100
 SOURCES = 110  # 127.0.1.1 .. 127.0.1.110, ten connections each

@@ -26,7 +26,7 @@ from tests.natlab.lab import LineReader
 from tests.syncfix import share, wait_same
 
 FID = "via-relay"
-STRANGER_REQUESTS = 200
+STRANGER_REQUESTS = 120
 
 
 def dev(i: int) -> DeviceId:

@@ -27,10 +27,14 @@ from syncer.wire import (
     Interested,
     MessageReceived,
     NotInterested,
+    PeerAddresses,
     Piece,
     PieceError,
     Ping,
     ProtocolError,
+    PunchVia,
+    RelayData,
+    RelayVia,
     Request,
     State,
     Unchoke,
@@ -87,6 +91,10 @@ ALL = [
     NotInterested(),
     Ping(),
     Close("done"),
+    PeerAddresses("tcp://198.51.100.1:40000", ["quic://0.0.0.0:22000"], ["tcp://203.0.113.5:22000"]),
+    PunchVia(1, b"p" * 16, b"\x02" * 32, "203.0.113.5", 22000),
+    RelayVia(6, 7, credit=65536),
+    RelayData(7, b"ciphertext"),
 ]
 
 

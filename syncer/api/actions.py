@@ -7,7 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from syncer.config import SETTINGS, DeviceConfig, FolderConfig, edit_config, parse_value, validate
+from syncer.config import (
+    FOLDER_TYPES,
+    SETTINGS,
+    DeviceConfig,
+    FolderConfig,
+    edit_config,
+    parse_value,
+    validate,
+)
 from syncer.deviceid import DeviceId
 from syncer.errors import ConfigError, FolderError
 from syncer.model import share as folderlib
@@ -17,7 +25,8 @@ MAX_NAME = 200
 
 
 def add_folder(
-    config_file: Path, path: Path, folder_id: str, label: str = "", devices: list[str] | None = None, joining: bool = False
+    config_file: Path, path: Path, folder_id: str, label: str = "", devices: list[str] | None = None, joining: bool = False,
+    type: str | None = None, selective: bool | None = None,
 ) -> FolderConfig:
     """Share `path` as `folder_id` (or join that folder). When joining, a missing directory is
     created (its parent must exist). Returns the folder's new config."""
@@ -40,15 +49,51 @@ def add_folder(
             label=_name(label) or (old.label if old else root.name),
             devices=devs if devs is not None else (old.devices if old else None),
             paused=old.paused if old else False,
+            type=_folder_type(type) if type is not None else (old.type if old else "send-receive"),
+            selective=bool(selective) if selective is not None else (old.selective if old else False),
+            selected=list(old.selected) if old else [],
         )
         cfg.upsert_folder(new)
     return new
 
 
+def _folder_type(value: Any) -> str:
+    if value not in FOLDER_TYPES:
+        raise FolderError(f"folder type must be one of {', '.join(FOLDER_TYPES)}, not {value!r}")
+    return str(value)
+
+
+def set_selection(config_file: Path, folder_id: str, paths: list[str], selected: bool) -> tuple[FolderConfig, list[str]]:
+    """Add paths to (or remove them from) a selective folder's selection; returns the new
+    config and the paths that actually changed."""
+    clean = [_relative(p) for p in _list(paths, "paths")]
+    with edit_config(config_file) as cfg:
+        f = cfg.folder(folder_id)
+        if f is None:
+            raise FolderError(f"no folder with id {folder_id!r}")
+        if not f.selective:
+            raise FolderError(f"folder {folder_id} was not joined with --selective: everything in it is synced already")
+        current = set(f.selected)
+        changed = [p for p in clean if (p not in current) == selected]
+        f.selected = sorted(current | set(clean)) if selected else sorted(current - set(clean))
+        cfg.upsert_folder(f)
+    return f, changed
+
+
+def _relative(path: Any) -> str:
+    p = str(path).strip().strip("/")
+    parts = p.split("/")
+    if not p or any(x in ("", ".", "..") for x in parts) or "\0" in p or len(p) > 4096:
+        raise FolderError(f"bad path {str(path)[:200]!r}: give a path inside the folder, like photos/2024")
+    return p
+
+
 _KEEP: Any = object()  # "leave this field as it is"
 
 
-def edit_folder(config_file: Path, folder_id: str, label: Any = _KEEP, devices: Any = _KEEP, paused: Any = _KEEP) -> FolderConfig:
+def edit_folder(
+    config_file: Path, folder_id: str, label: Any = _KEEP, devices: Any = _KEEP, paused: Any = _KEEP, type: Any = _KEEP
+) -> FolderConfig:
     with edit_config(config_file) as cfg:
         f = cfg.folder(folder_id)
         if f is None:
@@ -59,6 +104,8 @@ def edit_folder(config_file: Path, folder_id: str, label: Any = _KEEP, devices: 
             f.devices = None if devices is None else [str(DeviceId.parse(str(d))) for d in _list(devices, "devices")]
         if paused is not _KEEP:
             f.paused = _bool(paused, "paused")
+        if type is not _KEEP:
+            f.type = _folder_type(type)
         cfg.upsert_folder(f)
     return f
 
@@ -91,7 +138,7 @@ def edit_device(config_file: Path, device: str, name: Any = _KEEP, addresses: An
     with edit_config(config_file) as cfg:
         d = cfg.device(dev)
         if d is None:
-            raise ConfigError(f"device {dev} is not paired")
+            raise ConfigError(f"device {dev} is not paired (see `syncer devices`)")
         if name is not _KEEP:
             d.name = _name(name)
         if addresses is not _KEEP:
@@ -106,7 +153,7 @@ def unpair(config_file: Path, device: str) -> DeviceId:
     dev = DeviceId.parse(device)
     with edit_config(config_file) as cfg:
         if not cfg.remove_device(dev):
-            raise ConfigError(f"device {dev} is not paired")
+            raise ConfigError(f"device {dev} is not paired (see `syncer devices`)")
     return dev
 
 

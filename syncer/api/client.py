@@ -18,6 +18,14 @@ class NotRunning(DaemonError):
     pass
 
 
+class Refused(DaemonError):
+    """The daemon answered with an error; `detail` is its one-line reason."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 def api_endpoint(paths: Paths) -> tuple[str, str]:
     try:
         address = paths.api_address_file.read_text().strip()
@@ -44,7 +52,7 @@ def call(paths: Paths, method: str, path: str, body: Any = None, timeout: float 
             msg = json.loads(e.read()).get("error", e.reason)
         except (ValueError, AttributeError):
             msg = e.reason
-        raise DaemonError(f"daemon refused {method} {path}: {msg}") from None
+        raise Refused(f"daemon refused {method} {path}: {msg}", str(msg)) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
         raise NotRunning(f"the syncer daemon at {address} does not answer ({getattr(e, 'reason', e)})") from None
 

@@ -22,6 +22,7 @@ from syncer.deviceid import DeviceId
 from syncer.errors import ConfigError, DaemonError, FolderError
 from syncer.events import EventLog
 from syncer.index.db import IndexDB
+from syncer.model.conflicts import original_of
 
 SECRET_KEYS = frozenset({"api.password"})
 MAX_EVENT_WAITERS = 64
@@ -114,9 +115,16 @@ class DaemonControl:
         return out
 
     async def conflicts(self, fid: str, page: Any, perpage: Any) -> dict[str, Any]:
-        self._folder(fid)
+        f = self._folder(fid)
         offset, limit = folderdata.page_args(page, perpage)
-        return await self._in_db_thread(lambda: folderdata.conflicts_page(self._db(), fid, offset, limit))
+        rows = await self._in_db_thread(lambda: self._db().conflicts(fid, offset + limit + 1))
+        items = [
+            {**r, "loser": f.model.short_name(int(r["loser"])) if r["loser"] is not None else None,
+             "winner": f.model.short_name(int(r["winner"])) if r["winner"] is not None else None,
+             "name": r["name"] or original_of(str(r["copy"]))}
+            for r in rows[offset : offset + limit]
+        ]
+        return {"folder": fid, "offset": offset, "items": items, "more": len(rows) > offset + limit}
 
     async def versions(self, fid: str, page: Any, perpage: Any) -> dict[str, Any]:
         f = self._folder(fid)
@@ -179,7 +187,11 @@ class DaemonControl:
         devices = b.get("devices")
         if devices is not None and not isinstance(devices, list):
             raise FolderError("devices must be a list of device IDs (or null for all paired)")
-        cfg = actions.add_folder(self.paths.config_file, Path(path), fid, b.get("label") or "", devices, joining=bool(b["join"]) if "join" in b else bool(b.get("id")))
+        cfg = actions.add_folder(
+            self.paths.config_file, Path(path), fid, b.get("label") or "", devices,
+            joining=bool(b["join"]) if "join" in b else bool(b.get("id")),
+            type=b.get("type"), selective=b.get("selective"),
+        )
         self.daemon.pending_store.forget_folder(fid)
         await self._changed()
         f = self._folder(fid)
@@ -187,10 +199,36 @@ class DaemonControl:
 
     async def edit_folder(self, fid: str, body: Any) -> dict[str, Any]:
         b = _obj(body)
-        kw = {k: b[k] for k in ("label", "devices", "paused") if k in b}
+        kw = {k: b[k] for k in ("label", "devices", "paused", "type") if k in b}
         actions.edit_folder(self.paths.config_file, fid, **kw)
         await self._changed()
         return self.observer.summary(self._folder(fid))
+
+    async def override(self, fid: str, body: Any) -> dict[str, Any]:
+        return await self._folder(fid).override(bool(_obj(body).get("dry_run", False)))
+
+    async def revert(self, fid: str, body: Any) -> dict[str, Any]:
+        return await self._folder(fid).revert(bool(_obj(body).get("dry_run", False)))
+
+    async def select(self, fid: str, body: Any, selected: bool) -> dict[str, Any]:
+        f = self._folder(fid)
+        cfg, changed = actions.set_selection(self.paths.config_file, fid, _obj(body).get("paths") or [], selected)
+        result = await f.reselect(cfg, changed if selected else [], [] if selected else changed)
+        await self._changed()
+        return result
+
+    async def resolve(self, fid: str, body: Any) -> dict[str, Any]:
+        b = _obj(body)
+        path, keep = b.get("path"), b.get("keep")
+        if not isinstance(path, str) or not isinstance(keep, str):
+            raise FolderError('give "path" (the file or a copy) and "keep" (local, remote, both or a copy\'s name)')
+        return await self._folder(fid).resolve(path, keep)
+
+    async def ignore_test(self, fid: str, path: str) -> dict[str, Any]:
+        f = self._folder(fid)
+        name = path.strip().strip("/")
+        ignored, rule = f.scanner.ignore.explain(name) if f.scanner is not None else (False, None)
+        return {"folder": fid, "path": name, "ignored": ignored, "rule": rule}
 
     async def remove_folder(self, fid: str) -> dict[str, Any]:
         actions.remove_folder(self.paths.config_file, fid)

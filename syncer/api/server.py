@@ -237,6 +237,46 @@ class Handlers:
     async def index(self, _: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_ROOT / "index.html")
 
+    # --- folder types, selective sync, ignore rules ------------------------------------------
+    async def override(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.override(r.match_info["id"], await _json_object(r)))
+
+    async def revert(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.revert(r.match_info["id"], await _json_object(r)))
+
+    async def select(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.select(r.match_info["id"], await _json_object(r), True))
+
+    async def unselect(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.select(r.match_info["id"], await _json_object(r), False))
+
+    async def resolve(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.resolve(r.match_info["id"], await _json_object(r)))
+
+    async def ignore_test(self, r: web.Request) -> web.Response:
+        return web.json_response(await self.c.ignore_test(r.match_info["id"], r.query.get("path", "")))
+
+    # --- invites (syncer/invite/) ---------------------------------------------------------
+    async def invites(self, _: web.Request) -> web.Response:
+        return web.json_response(self.c.daemon.invites.listing())
+
+    async def invite(self, r: web.Request) -> web.Response:
+        b = await _json_object(r)
+        return web.json_response(
+            self.c.daemon.invites.create(
+                str(b.get("folder", "")), bool(b.get("read_only", False)),
+                _number(b, "expires_s", 86400.0), int(_number(b, "uses", 1)),
+            )
+        )
+
+    async def revoke_invite(self, r: web.Request) -> web.Response:
+        b = await _json_object(r)
+        return web.json_response(self.c.daemon.invites.revoke(int(_number(b, "id", 0))))
+
+    async def join(self, r: web.Request) -> web.Response:
+        b = await _json_object(r)
+        return web.json_response(await self.c.daemon.join(str(b.get("text", "")), _number(b, "timeout", 60.0)))
+
     # --- BitTorrent publications (the daemon's seeding service) --------------------------------
     async def bt_status(self, _: web.Request) -> web.Response:
         return web.json_response(self.c.daemon.bt_status())
@@ -270,6 +310,13 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise SyncerError("the request body must be a JSON object")
     return body
+
+
+def _number(body: dict[str, Any], key: str, default: float) -> float:
+    v = body.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise SyncerError(f"{key} must be a number")
+    return float(v)
 
 
 def _info_hash(body: dict[str, Any]) -> str:
@@ -315,6 +362,12 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", "/rest/folders/{id}/pause", "pause_folder", "any"),
     ("POST", "/rest/folders/{id}/resume", "resume_folder", "any"),
     ("GET", "/rest/folders/{id}/need", "need", "any"),
+    ("POST", "/rest/folders/{id}/override", "override", "any"),
+    ("POST", "/rest/folders/{id}/revert", "revert", "any"),
+    ("POST", "/rest/folders/{id}/select", "select", "any"),
+    ("POST", "/rest/folders/{id}/unselect", "unselect", "any"),
+    ("GET", "/rest/folders/{id}/ignore", "ignore_test", "any"),
+    ("POST", "/rest/folders/{id}/conflicts/resolve", "resolve", "any"),
     ("GET", "/rest/folders/{id}/conflicts", "conflicts", "any"),
     ("GET", "/rest/folders/{id}/versions", "versions", "any"),
     ("POST", "/rest/folders/{id}/versions/restore", "restore", "any"),
@@ -335,6 +388,10 @@ ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", "/rest/gui/login-url", "login_url", "any"),
     ("POST", "/rest/gui/logout", "logout", "any"),
     ("GET", "/metrics", "metrics", "any"),
+    ("GET", "/rest/invites", "invites", "any"),
+    ("POST", "/rest/invites", "invite", "any"),
+    ("POST", "/rest/invites/revoke", "revoke_invite", "any"),
+    ("POST", "/rest/join", "join", "any"),
     ("GET", "/rest/bt/status", "bt_status", "any"),
     ("GET", "/rest/bt/publications", "bt_publications", "any"),
     ("POST", "/rest/bt/publish", "bt_publish", "any"),

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from syncer.api import client
 from syncer.commands import common
+from syncer.commands.service import installed
 from syncer.errors import DaemonError
 
 app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
@@ -56,7 +57,7 @@ def start(
     p = common.paths()
     pid = _read_pid()
     if pid is not None:
-        raise DaemonError(f"the daemon is already running (pid {pid})")
+        raise DaemonError(f"the daemon is already running (pid {pid}); stop it with `syncer stop`")
     common.identity()  # create it now so errors show here, not in the log
     args = [sys.executable, "-m", "syncer", "run"]
     for url in listen:
@@ -71,7 +72,7 @@ def start(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = p.log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["(no log)"]
-            raise DaemonError(f"the daemon exited at start ({proc.returncode}): {tail[0]}")
+            raise DaemonError(f"the daemon exited at start ({proc.returncode}): {tail[0]} (whole log: {p.log_file})")
         if _read_pid() == proc.pid and client.is_running(p):
             typer.echo(f"started (pid {proc.pid}, log {p.log_file})")
             return
@@ -85,7 +86,7 @@ def stop() -> None:
     """Stop the background daemon."""
     pid = _read_pid()
     if pid is None:
-        raise DaemonError("the daemon is not running")
+        raise DaemonError("the daemon is not running (start it with `syncer start`)")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
     while time.monotonic() < deadline:
@@ -93,7 +94,7 @@ def stop() -> None:
             typer.echo(f"stopped (pid {pid})")
             return
         time.sleep(0.05)  # waiting for another process to exit; bounded by the deadline
-    raise DaemonError(f"the daemon (pid {pid}) did not stop within {STOP_TIMEOUT:.0f}s")
+    raise DaemonError(f"the daemon (pid {pid}) did not stop within {STOP_TIMEOUT:.0f}s; `kill -9 {pid}` ends it")
 
 
 @app.command()
@@ -104,15 +105,17 @@ def status(json: bool = common.JsonOption) -> None:
         data = client.call(p, "GET", "/rest/status")
     except client.NotRunning:
         if json:
-            common.print_json({"running": False})
+            common.print_json({"running": False, "service": installed()})
             raise typer.Exit(3) from None
-        typer.echo("the daemon is not running")
+        typer.echo("the daemon is not running (start it with `syncer start`)")
+        typer.echo(_service_line())
         raise typer.Exit(3) from None
     if json:
-        common.print_json(data)
+        common.print_json({**data, "service": installed()})
         return
     c = Console(width=200)
-    c.print(f"device {data['device_id']} ({data['name']}), pid {data['pid']}, up {data['uptime_s']:.0f}s")
+    c.print(f"device {data['device_id']} ({data['name']}), pid {data['pid']}, up {common.format_duration(data['uptime_s'])}")
+    c.print(_service_line(), highlight=False, markup=False)
     c.print("listening on " + ", ".join(data["listen"]) + f"; API {data['api']}")
     for notice in data.get("notices", []):
         c.print(f"notice: {notice}", markup=False, highlight=False)
@@ -132,6 +135,13 @@ def status(json: bool = common.JsonOption) -> None:
             _rate(d.get("down_rate", 0)), _rate(d.get("up_rate", 0)),
         )
     c.print(t)
+
+
+def _service_line() -> str:
+    svc = installed()
+    if svc["installed"]:
+        return f"login service: installed ({svc['path']})"
+    return "login service: not installed (`syncer service install` starts syncer at login)"
 
 
 def _bytes(n: float) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json as jsonlib
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -13,7 +15,7 @@ from rich.table import Table
 from syncer.api import actions, client
 from syncer.commands import common
 from syncer.deviceid import DeviceId
-from syncer.errors import FolderError
+from syncer.errors import DaemonError, FolderError
 from syncer.ignore import Ignore
 from syncer.index.db import IndexDB
 from syncer.index.version import short_id
@@ -53,25 +55,75 @@ def share(
     id: str = typer.Option("", "--id", help="folder id (to join a folder another device offered)"),
     label: str = typer.Option("", "--label", help="a human-readable name"),
     with_: list[str] = typer.Option([], "--with", help="share only with these devices (repeatable)"),
+    type_: str = typer.Option(None, "--type", help="send-receive (default), send-only or receive-only"),
+    selective: bool = typer.Option(None, "--selective/--no-selective", help="join with metadata only; `syncer select` fetches paths"),
 ) -> None:
     """Share a folder (or join one by id); prints the folder id."""
     p = common.paths()
     devices = [str(DeviceId.parse(d)) for d in with_] or None
     folder_id = id or folderlib.new_folder_id()
     path = path.expanduser().absolute()
-    body = {"path": str(path), "id": folder_id, "label": label, "devices": devices, "join": bool(id)}
+    label = label or (_offered_label(folder_id) if id else "")  # a joined folder keeps the offered name
+    body = {"path": str(path), "id": folder_id, "label": label, "devices": devices, "join": bool(id), "type": type_, "selective": selective}
     try:
         # a running daemon shares it (and scans it) itself: POST /rest/folders, as the web UI does
-        row = client.call(p, "POST", "/rest/folders", body, timeout=3600)
+        client.call(p, "POST", "/rest/folders", body, timeout=3600)
+        row = _wait_first_scan(p, folder_id)
         root, files, size, errors = Path(row["path"]), row["local_files"], row["local_bytes"], 0
     except client.NotRunning:
         # joining a folder offered by another device creates the empty directory for it
-        cfg = actions.add_folder(p.config_file, path, folder_id, label, devices, joining=bool(id))
+        cfg = actions.add_folder(p.config_file, path, folder_id, label, devices, joining=bool(id), type=type_, selective=selective)
         root = Path(cfg.path)
         files, size, errors = _scan_with_progress(root, folder_id)
         PendingStore(p.state_dir / "pending.json").forget_folder(folder_id)
-    Console(stderr=True).print(f"shared {root} as {folder_id}: {files} files, {size} bytes" + (f", {errors} skipped" if errors else ""))
+    err = Console(stderr=True)
+    err.print(f"shared {root} as {folder_id}: {files} files, {size} bytes" + (f", {errors} skipped" if errors else ""))
+    for line in _next_steps(folder_id):
+        err.print(line, highlight=False, markup=False)
     typer.echo(folder_id)
+
+
+def _wait_first_scan(p: Any, folder_id: str) -> dict[str, Any]:
+    """The daemon scans a new folder in the background: wait (showing that it does) until the
+    first scan is done, so the counts printed are the folder's."""
+    deadline = time.monotonic() + 3600
+    with Console(stderr=True).status(f"the daemon is scanning {folder_id}..."):
+        while True:
+            row = next((f for f in client.call(p, "GET", "/rest/folders") if f["id"] == folder_id), None)
+            if row is not None and (row.get("last_scan") or row.get("state") in ("stopped", "error", "paused")):
+                return row
+            if time.monotonic() > deadline:
+                raise DaemonError(f"the daemon has not finished scanning {folder_id} after an hour; see `syncer status`")
+            time.sleep(0.2)  # polling a running daemon, bounded by the deadline
+
+
+def _stopped(folder_id: str, path: str) -> FolderError:
+    state = folderlib.folder_state(Path(path))
+    fix = (
+        f"mount or restore {path}"
+        if "path missing" in state
+        else f"if {path} is the right folder, `syncer share {path} --id {folder_id}` marks it again"
+    )
+    return FolderError(f"folder {folder_id}: {state} ({path}); {fix}")
+
+
+def _offered_label(folder_id: str) -> str:
+    """The label the offering device gave, so the joined folder keeps its name."""
+    store = PendingStore(common.paths().state_dir / "pending.json")
+    return next((f.label for (fid, _), f in store.folders.items() if fid == folder_id and f.label), "")
+
+
+def _next_steps(folder_id: str) -> list[str]:
+    """What a new user does next, after `syncer share`."""
+    p = common.paths()
+    paired = bool(common.config().devices)
+    lines = []
+    if client.is_running(p):
+        lines.append("the daemon is running: " + ("the folder syncs with your paired devices now" if paired else "the folder syncs as soon as a device joins"))
+    else:
+        lines.append("the daemon is not running: start it with `syncer start` (or `syncer service install` to start it at login)")
+    lines.append(f"to add a device: `syncer invite {folder_id}` here, then `syncer join CODE` there (or `syncer pair DEVICE-ID` on both)")
+    return lines
 
 
 @app.command()
@@ -111,14 +163,14 @@ def scan(folder: str = typer.Argument("", help="folder id (default: all)"), json
     cfg = common.config()
     targets = [f for f in cfg.folders if not folder or f.id == folder]
     if folder and not targets:
-        raise FolderError(f"no folder with id {folder!r}")
+        raise FolderError(f"no folder with id {folder!r} (see `syncer folders`)")
     if client.is_running(p):
         result = client.call(p, "POST", "/rest/scan" + (f"?folder={folder}" if folder else ""), timeout=3600)
     else:
         out = []
         for f in targets:
             if folderlib.folder_state(Path(f.path)) != "ok":
-                raise FolderError(f"folder {f.id}: {folderlib.folder_state(Path(f.path))} ({f.path})")
+                raise _stopped(f.id, f.path)
             # the same guard as the daemon's: a scan that would delete most of the folder
             # records nothing until `syncer resume FOLDER` confirms it
             files, size, errors = _scan_with_progress(Path(f.path), f.id, allow_mass_delete=False)
@@ -139,7 +191,7 @@ def resume(folder: str = typer.Argument(..., help="folder id")) -> None:
     """Confirm that the many deletions found in a paused folder are wanted, and sync them."""
     p = common.paths()
     if common.config().folder(folder) is None:
-        raise FolderError(f"no folder with id {folder!r}")
+        raise FolderError(f"no folder with id {folder!r} (see `syncer folders`)")
     f = common.config().folder(folder)
     if client.is_running(p):
         r = client.call(p, "POST", f"/rest/resume?folder={folder}", timeout=3600)
@@ -147,7 +199,7 @@ def resume(folder: str = typer.Argument(..., help="folder id")) -> None:
         return
     assert f is not None
     if folderlib.folder_state(Path(f.path)) != "ok":
-        raise FolderError(f"folder {f.id}: {folderlib.folder_state(Path(f.path))} ({f.path})")
+        raise _stopped(f.id, f.path)
     files, _, _ = _scan_with_progress(Path(f.path), f.id, allow_mass_delete=True)
     typer.echo(f"{folder}: deletions recorded, {files} files remain")
 
@@ -159,7 +211,7 @@ def manifest(
 ) -> None:
     """Write the standalone metadata file (name, size, chunk size, chunk hashes)."""
     if not file.is_file():
-        raise FolderError(f"{file} is not a file")
+        raise FolderError(f"{file} is not a file: name a regular file")
     text = jsonlib.dumps(make_manifest(file), indent=1) + "\n"
     if output:
         tmp = output.with_name(output.name + ".tmp")

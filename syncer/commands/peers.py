@@ -75,7 +75,7 @@ def devices(json: bool = common.JsonOption) -> None:
         common.print_json(rows)
         return
     if not rows:
-        typer.echo("no paired devices (pair one with `syncer pair DEVICE-ID`)")
+        typer.echo("no paired devices (invite one with `syncer invite FOLDER`, or pair with `syncer pair DEVICE-ID`)")
         return
     t = Table("device", "name", "state", "transport", "address", "since")
     for r in rows:
@@ -85,7 +85,7 @@ def devices(json: bool = common.JsonOption) -> None:
             "connected" if r.get("connected") else "disconnected",
             str(r.get("transport") or ""),
             str(r.get("address") or ", ".join(a["address"] for a in r.get("addresses", []))),  # type: ignore[union-attr]
-            str(r.get("since") or ""),
+            common.format_when(r.get("since")),  # type: ignore[arg-type]
         )
     Console(width=200).print(t)
 
@@ -104,6 +104,7 @@ def pending(json: bool = common.JsonOption) -> None:
     if not data["devices"] and not data["folders"]:
         typer.echo("nothing pending")
     for d in data["devices"]:
-        typer.echo(f"device {d['device_id']} {d.get('name') or ''} from {d['address']} (pair it with `syncer pair {d['device_id']}`)")
+        seen = common.format_when(d.get("last_seen"))
+        typer.echo(f"device {d['device_id']} {d.get('name') or ''} from {d['address']}{', last seen ' + seen if seen else ''} (pair it with `syncer pair {d['device_id']}`)")
     for f in data["folders"]:
         typer.echo(f"folder {f['folder_id']} {f.get('label') or ''} offered by {f['offered_by']} (join with `syncer share PATH --id {f['folder_id']}`)")

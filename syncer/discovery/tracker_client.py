@@ -72,8 +72,18 @@ class TrackerClient:
 
     async def lookup(self, device: DeviceId) -> list[tuple[str, int]]:
         """Addresses under which `device` announced itself on any tracker."""
-        found: list[tuple[str, int]] = []
-        key = device_key(device)
+        return [(ip, port) for ip, port, d in await self.lookup_key(device_key(device)) if d == str(device)]
+
+    async def lookup_key(self, key: bytes) -> list[tuple[str, int, str]]:
+        """(ip, port, device_id) of everyone announced under `key` on any tracker (a key that
+        is not a device key: invites). Works without start(): a session is opened for it."""
+        if self._session is None:
+            async with aiohttp.ClientSession(timeout=TIMEOUT) as self._session:
+                try:
+                    return await self.lookup_key(key)
+                finally:
+                    self._session = None
+        found: list[tuple[str, int, str]] = []
         for url in self.urls:
             try:
                 data = await self._announce(url, key, None)
@@ -83,10 +93,20 @@ class TrackerClient:
                 log.debug("tracker %s lookup: %s", url, e)
                 continue
             for p in data.get("peers", []):
-                if isinstance(p, dict) and p.get("device_id") == str(device):
+                if isinstance(p, dict) and p.get("device_id") != str(self.device_id):
                     with contextlib.suppress(KeyError, TypeError, ValueError):
-                        found.append((str(p["ip"]), int(p["port"])))
+                        found.append((str(p["ip"]), int(p["port"]), str(p.get("device_id") or "")))
         return found
+
+    async def announce_key(self, key: bytes, event: str | None) -> None:
+        """Announce (event "started"/None) or withdraw ("stopped") us under an extra `key`."""
+        if self._session is None:
+            return
+        for url in self.urls:
+            try:
+                await self._announce(url, key, event)
+            except (aiohttp.ClientError, ValueError, TimeoutError, OSError) as e:
+                log.debug("tracker %s announce: %s", url, e)
 
 
 OnAddress = Callable[[DeviceId, str, str], None]

@@ -319,6 +319,51 @@ class IndexDB:
             size += r[1]
         return n, size
 
+    def set_flags(self, folder: str, names: list[str], flags: int) -> None:
+        """Set the local-only flags of these local rows (not announced: no new sequence)."""
+        if names:
+            self._write(lambda c: c.executemany(
+                "UPDATE files SET flags=? WHERE folder=? AND device=? AND name=?", [(flags, folder, LOCAL, n) for n in names]
+            ))
+
+    def flagged(self, folder: str, flag: int, after: str, limit: int) -> list[str]:
+        q = "SELECT name FROM files WHERE folder=? AND device=? AND name>? AND (flags & ?) != 0 ORDER BY name LIMIT ?"
+        return [r[0] for r in self.conn.execute(q, (folder, LOCAL, after, flag, limit))]
+
+    def count_flagged(self, folder: str, flag: int) -> int:
+        q = "SELECT COUNT(*) FROM files WHERE folder=? AND device=? AND (flags & ?) != 0"
+        return self.conn.execute(q, (folder, LOCAL, flag)).fetchone()[0]
+
+    def reset_local_versions(self, folder: str, names: list[str]) -> None:
+        """Give these local rows an empty version and no flags: any other version beats them
+        (a receive-only folder's reverted local changes). Their sequence stays: not announced."""
+        empty = encode_version(VersionVector())
+        if names:
+            self._write(lambda c: c.executemany(
+                "UPDATE files SET version=?, flags=0 WHERE folder=? AND device=? AND name=?", [(empty, folder, LOCAL, n) for n in names]
+            ))
+
+    def forget_local(self, folder: str, names: list[str]) -> None:
+        """Drop these local rows without a tombstone: nobody is told they were deleted (freed
+        copies of a selective folder, a receive-only folder's reverted additions)."""
+        if not names:
+            return
+
+        def work(c: sqlite3.Connection) -> None:
+            n, size = self._live_totals(c, folder, LOCAL, names)
+            c.executemany("DELETE FROM files WHERE folder=? AND device=? AND name=?", [(folder, LOCAL, x) for x in names])
+            c.executemany("DELETE FROM blocks WHERE folder=? AND name=?", [(folder, x) for x in names])
+            _add_count(c, folder, "local", -n, -size)
+
+        self._write(work)
+
+    def names_below(self, folder: str, device: bytes, prefix: str, after: str, limit: int) -> list[str]:
+        """Names of one device's rows equal to or below `prefix`, in order, after `after`."""
+        lo = max(after, prefix) if after else prefix
+        q = "SELECT name FROM files WHERE folder=? AND device=? AND name>=? AND name<? AND name>? ORDER BY name LIMIT ?"
+        rows = self.conn.execute(q, (folder, device, lo, prefix + "0", after, limit))
+        return [r[0] for r in rows if r[0] == prefix or r[0].startswith(prefix + "/")]
+
     def update_remote(self, folder: str, device: bytes, files: Iterable[FileInfo]) -> None:
         files = list(files)
         if not files:
@@ -530,6 +575,38 @@ class IndexDB:
             args += [prefix, prefix + "/", prefix + "0"]  # "0" sorts right after "/"
         q += " ORDER BY name LIMIT ? OFFSET ?"
         return [_need_row(r) for r in self.conn.execute(q, (*args, limit, offset))]
+
+    # --- the conflict inbox ---------------------------------------------------------------
+    def record_conflicts(self, folder: str, rows: list[tuple[str, str, int, int, bytes, bytes, float]]) -> None:
+        """(copy, original, loser short id, winner short id, loser version, winner version, when)."""
+        if rows:
+            self._write(lambda c: c.executemany(
+                "INSERT OR REPLACE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(folder, cp, name, _signed(lo), _signed(wi), lv, wv, t) for cp, name, lo, wi, lv, wv, t in rows],
+            ))
+
+    def conflicts(self, folder: str, limit: int) -> list[dict[str, object]]:
+        """Conflict copies present in the local index: those made here (with the devices and
+        versions involved) and those that arrived from other devices (named, not recorded)."""
+        out: dict[str, dict[str, object]] = {}
+        q = ("SELECT c.copy, c.name, c.loser, c.winner, c.created FROM conflicts c JOIN files f ON f.folder=c.folder "
+             "AND f.device=? AND f.name=c.copy AND f.deleted=0 WHERE c.folder=? ORDER BY c.copy LIMIT ?")
+        for cp, name, lo, wi, t in self.conn.execute(q, (LOCAL, folder, limit)):
+            out[cp] = {"copy": cp, "name": name, "loser": _unsigned(lo), "winner": _unsigned(wi), "created": t}
+        q = ("SELECT name, modified_by, mtime_ns FROM files INDEXED BY files_conflicts WHERE folder=? AND device=? AND deleted=0 AND type=0 "
+             "AND instr(name, '.sync-conflict-') > 0 ORDER BY name LIMIT ?")
+        for name, by, mtime in self.conn.execute(q, (folder, LOCAL, limit)):
+            if name not in out:
+                out[name] = {"copy": name, "name": None, "loser": _unsigned(by), "winner": None, "created": mtime / 1e9}
+        return sorted(out.values(), key=lambda r: str(r["copy"]))[:limit]
+
+    def drop_conflicts(self, folder: str, copies: list[str]) -> None:
+        if copies:
+            self._write(lambda c: c.executemany("DELETE FROM conflicts WHERE folder=? AND copy=?", [(folder, x) for x in copies]))
+
+    def count_conflicts(self, folder: str) -> int:
+        q = "SELECT COUNT(*) FROM files INDEXED BY files_conflicts WHERE folder=? AND device=? AND deleted=0 AND type=0 AND instr(name, '.sync-conflict-') > 0"
+        return self.conn.execute(q, (folder, LOCAL)).fetchone()[0]
 
     def need_errors(self, folder: str, limit: int) -> list[tuple[str, str]]:
         q = "SELECT name, error FROM need WHERE folder=? AND error!='' AND skip=0 ORDER BY name LIMIT ?"

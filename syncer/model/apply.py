@@ -210,3 +210,29 @@ def _apply_other(fs: FolderFS, glob: FileInfo, local: FileInfo | None, now: floa
         fs.symlink(glob.symlink_target, tmp)
         fs.replace(tmp, name)
         out.applied.append(with_disk_identity(fs, glob))
+
+
+def remove_local(fs: FolderFS, rows: list[FileInfo], archive_at: float | None) -> list[str]:
+    """Remove these entries from disk where the disk still holds exactly what their row says
+    (anything changed meanwhile is kept): files archived into the trash can when `archive_at`
+    is given, else deleted; directories only when empty, deepest first. Returns the names
+    removed (or already gone)."""
+    done: list[str] = []
+    for f in sorted(rows, key=lambda r: -r.name.count("/")):
+        try:
+            st = fs.lstat_or_none(f.name)
+            if st is None:
+                done.append(f.name)
+                continue
+            if not on_disk_matches(fs, f, f.name, st):
+                continue  # changed here since: kept, and still in the index
+            if f.type == FileType.DIRECTORY:
+                fs.rmdir(f.name)
+            elif f.type == FileType.FILE and archive_at is not None:
+                safe_write.archive(fs, f.name, archive_at)
+            else:
+                fs.unlink(f.name)
+            done.append(f.name)
+        except OSError:
+            continue  # not empty, busy, or not reachable without a symlink: kept
+    return done

@@ -28,15 +28,17 @@ from syncer.deviceid import DeviceId
 from syncer.errors import FolderError
 from syncer.fs import layout
 from syncer.fs.confined import FolderFS
-from syncer.index.db import LOCAL, IndexDB, NeedRow
-from syncer.index.fileinfo import FileInfo
+from syncer.index.db import LOCAL, IndexDB, NeedRow, encode_version
+from syncer.index.fileinfo import LOCAL_CHANGE, FileInfo
 from syncer.model import apply as applying
-from syncer.model import safe_write
+from syncer.model import foldertype, safe_write
+from syncer.model.conflicts import MARKER as CONFLICT_MARKER
+from syncer.model.conflicts import kept_name, original_of
 from syncer.model.convert import from_wire, to_wire
-from syncer.model.need import NeedIndex, Policy
+from syncer.model.need import NeedIndex, Policy, basis_of
 from syncer.model.storage import JobFile, Storage, write_block
 from syncer.model.validate import bad_file
-from syncer.model.why import Facts, errno_of, explain
+from syncer.model.why import SKIP_SEND_ONLY, Facts, errno_of, explain
 from syncer.runtime.clock import Clock, sleep_until
 from syncer.runtime.supervisor import Supervisor, TaskFailure
 from syncer.scan.scanner import MassDelete
@@ -241,6 +243,8 @@ class FolderRuntime:
             progress = self.model.events.progress("FolderScanProgress", folder=self.id)
             result = self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete, progress=progress)
             names = [f.name for f in result.changed] + [f.name for f in result.deleted]
+            if names and self.cfg.type == "receive-only":
+                foldertype.mark_local_changes(self.db, self.id, devices, names)
             changes = self.need.recompute(self.db, devices, names, self.policy()) if names else []
             condensed = self._condense(changes, jobs)
             if recomputed:
@@ -408,7 +412,8 @@ class FolderRuntime:
                     rows: list[FileInfo] = await self.run_in_worker(lambda a=after: self.db.files_page(self.id, LOCAL, a, INDEX_PAGE))
                     if not rows and not (full and first):
                         break
-                    for batch in _cut(rows):
+                    # a receive-only folder's local changes stay here
+                    for batch in _cut([r for r in rows if not r.flags & LOCAL_CHANGE]):
                         await session.wait_writable()
                         msg = Index(self.id, batch) if full and first else IndexUpdate(self.id, batch)
                         session.send(msg)
@@ -680,6 +685,15 @@ class FolderRuntime:
             finished = [(s.file, locals_.get(s.file.name), s.conflict, self._loser_short(locals_.get(s.file.name))) for s in batch.finished]
             others = [(w.file, locals_.get(w.name)) for w in batch.others]
             outcome = applying.apply_batch(self.fs, finished, others, now, versions)
+            if outcome.conflicts:
+                winners = {s.file.name: s.file for s in batch.finished}
+                record = []
+                for copy in outcome.conflicts:
+                    original = original_of(copy)
+                    loser, winner = locals_.get(original), winners.get(original)
+                    if loser is not None and winner is not None:
+                        record.append((copy, original, loser.modified_by, winner.modified_by, encode_version(loser.version), encode_version(winner.version), now))
+                db.record_conflicts(self.id, record)
             stored = db.update_local(self.id, outcome.applied) if outcome.applied else []
             changes = self.need.recompute(db, devices, names, policy)
             return outcome, stored, self._condense(changes, jobs)
@@ -827,6 +841,139 @@ class FolderRuntime:
             return None
         return jf
 
+    # --- user operations: folder types, selective sync -------------------------------------------
+    async def override(self, dry_run: bool) -> dict[str, Any]:
+        """Send-only: make this device's state win everywhere (versions that dominate)."""
+        if self.cfg.type != "send-only":
+            raise FolderError(f"folder {self.id} is {self.cfg.type}, not send-only: nothing to override")
+        devices, policy, short = self.sharing(), self.policy(), self.model.short
+
+        def work() -> tuple[dict[str, int], _Changes | None]:
+            plan = foldertype.override_plan(self.db, self.id, devices, short, SKIP_SEND_ONLY)
+            if dry_run or not plan.announce:
+                return plan.counts(), None
+            stored = self.db.update_local(self.id, plan.announce)
+            return plan.counts(), self._condense(self.need.recompute(self.db, devices, [f.name for f in stored], policy), set())
+
+        counts, changes = await self.run_in_worker(work)
+        if changes is not None:
+            self._need_changed(changes)
+            self._index_changed()
+        return {"folder": self.id, "dry_run": dry_run, **counts}
+
+    async def revert(self, dry_run: bool) -> dict[str, Any]:
+        """Receive-only: drop local changes; the other devices' version comes back."""
+        if self.cfg.type != "receive-only":
+            raise FolderError(f"folder {self.id} is {self.cfg.type}, not receive-only: nothing to revert")
+        devices, policy, now = self.sharing(), self.policy(), self.clock.time()
+
+        def work() -> tuple[dict[str, int], _Changes | None]:
+            db = self.db
+            plan = foldertype.revert_plan(db, self.id, devices)
+            if dry_run:
+                return plan.counts(), None
+            db.reset_local_versions(self.id, plan.restore)
+            removed = applying.remove_local(self.fs, list(db.get_many(self.id, LOCAL, plan.remove).values()), now)
+            db.forget_local(self.id, removed)
+            changes = self.need.recompute(db, devices, plan.restore + removed, policy)
+            return plan.counts(), self._condense(changes, set())
+
+        counts, changes = await self.run_in_worker(work)
+        if changes is not None:
+            self.storage.forget(set())
+            self._need_changed(changes)
+        return {"folder": self.id, "dry_run": dry_run, **counts}
+
+    async def reselect(self, cfg: FolderConfig, added: list[str], removed: list[str]) -> dict[str, Any]:
+        """Selective sync: `added` paths are fetched from now on; the local copies under
+        `removed` (when in sync: a copy is elsewhere) are freed, never announced as deleted."""
+        self.cfg = cfg
+        devices, policy = self.sharing(), self.policy()
+        raws = [LOCAL, *(d.raw for d in devices)]
+
+        def below(prefix: str) -> list[str]:
+            names: set[str] = set()
+            for raw in raws:
+                after = ""
+                while True:
+                    page = self.db.names_below(self.id, raw, prefix, after, 5000)
+                    names.update(page)
+                    if len(page) < 5000:
+                        break
+                    after = page[-1]
+            return sorted(names)
+
+        def work() -> tuple[int, int, _Changes]:
+            db = self.db
+            freed = kept = 0
+            names: list[str] = []
+            for prefix in added:
+                names += below(prefix)
+            for prefix in removed:
+                under = below(prefix)
+                names += under
+                free, keep = foldertype.freeable(db, self.id, devices, under)
+                gone = applying.remove_local(self.fs, free, None)
+                db.forget_local(self.id, gone)
+                freed += len(gone)
+                kept += len(keep) + len(free) - len(gone)
+            changes = self.need.recompute(db, devices, names, policy)
+            db.set_need_basis(self.id, basis_of(devices, policy))
+            return freed, kept, self._condense(changes, set(self.puller.job_names()))
+
+        freed, kept, changes = await self.run_in_worker(work)
+        self.storage.forget(set())
+        self._need_changed(changes)
+        return {"folder": self.id, "selected": list(cfg.selected), "freed": freed, "kept_changed_here": kept}
+
+    # --- the conflict inbox ---------------------------------------------------------------------
+    async def resolve(self, path: str, keep: str) -> dict[str, Any]:
+        """Settle the conflict of `path` (the file or one of its copies). keep: 'local' (the
+        version made on this device), 'remote' (the other one), 'both' (the copies stay, renamed
+        so they are no longer conflict copies) or a copy's name. What is kept is written here as
+        a local change, so its version dominates both sides and reaches every device; dropped
+        copies are deleted everywhere (they go to the trash cans)."""
+        name = path.strip("/")
+        original = original_of(name)
+        now = self.clock.time()
+        me = self.model.device_id.short
+
+        def work() -> tuple[list[str], str]:
+            copies = sorted(str(r["copy"]) for r in self.db.conflicts(self.id, 100_000) if original_of(str(r["copy"])) == original)
+            if not copies:
+                raise FolderError(f"{original}: no conflict copies here (see `syncer conflicts {self.id}`)")
+            if keep == "both":
+                for c in copies:
+                    self.fs.replace(c, kept_name(c, _copy_device(c)))
+                return copies + [kept_name(c, _copy_device(c)) for c in copies], f"kept both: {len(copies)} copies renamed"
+            if keep in copies or (keep == name and name in copies):
+                chosen: str | None = keep
+            elif keep in ("local", "remote"):
+                mine = [c for c in copies if _copy_device(c) == me]
+                theirs = [c for c in copies if c not in mine]
+                if keep == "local":
+                    chosen = mine[0] if mine else None  # ours is at the original name otherwise
+                else:
+                    chosen = None if mine else (theirs[0] if len(theirs) == 1 else None)
+                    if not mine and len(theirs) > 1:
+                        raise FolderError(f"{original} has {len(theirs)} conflict copies: name the one to keep (--keep COPY)")
+            else:
+                raise FolderError(f"--keep must be local, remote, both or the name of a copy of {original}")
+            if chosen is not None:
+                safe_write.archive(self.fs, original, now)
+                self.fs.replace(chosen, original)
+            for c in copies:
+                if c != chosen:
+                    safe_write.archive(self.fs, c, now)
+            self.db.drop_conflicts(self.id, copies)
+            kept = "the conflict copy " + chosen if chosen else "the version at " + original
+            return [original, *copies], f"kept {kept}; {len(copies) - (1 if chosen else 0)} copies removed"
+
+        touched, summary = await self.run_in_worker(work)
+        await self.scan(set(touched))
+        self.model.events.emit("ConflictResolved", folder=self.id, item=original, keep=keep)
+        return {"folder": self.id, "name": original, "keep": keep, "result": summary}
+
     # --- why not in sync ----------------------------------------------------------------------
     def explain(self, rows: list[NeedRow]) -> list[dict[str, Any]]:
         """A reason and a sentence for each need row (event loop: reads the runtime's state)."""
@@ -887,6 +1034,7 @@ class FolderRuntime:
         db = self.db
         need_files, need_bytes = db.totals(self.id, "need")
         local_files, local_bytes = db.totals(self.id, "local")
+        skipped_files, skipped_bytes = db.totals(self.id, "skipped")
         error_count = db.count_need_errors(self.id)
         glob_bytes = local_bytes + need_bytes
         completion = 100.0 if glob_bytes == 0 else 100.0 * (glob_bytes - need_bytes) / glob_bytes
@@ -907,6 +1055,14 @@ class FolderRuntime:
             "need_bytes": need_bytes,
             "local_files": local_files,
             "local_bytes": local_bytes,
+            "type": self.cfg.type,
+            "selective": self.cfg.selective,
+            "selected": list(self.cfg.selected) if self.cfg.selective else None,
+            "skipped_files": skipped_files,  # known elsewhere, deliberately not here (why: `syncer why`)
+            "skipped_bytes": skipped_bytes,
+            "global_bytes": glob_bytes + skipped_bytes,
+            "local_changes": db.count_flagged(self.id, LOCAL_CHANGE) if self.cfg.type == "receive-only" else 0,
+            "conflicts": db.count_conflicts(self.id),
             "file_error_count": error_count,
             "file_errors": [{"name": n, "error": e} for n, e in db.need_errors(self.id, FILE_ERRORS_SHOWN)] if error_count else [],
             "last_scan": self.last_scan,
@@ -935,3 +1091,8 @@ def _cut(rows: list[FileInfo]) -> list[list[WireFile]]:
 def _is_disk_error(err: str) -> bool:
     return "No space left" in err or "Disk quota" in err
 
+
+def _copy_device(copy: str) -> str:
+    """The short ID a conflict copy's name carries: the device whose version it holds."""
+    rest = copy.rpartition("/")[2].partition(CONFLICT_MARKER)[2]
+    return rest.split("-")[2].split(".")[0] if rest.count("-") >= 2 else ""

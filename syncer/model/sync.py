@@ -50,6 +50,7 @@ from syncer.wire import (
     Request,
     Unchoke,
 )
+from syncer.wire.messages import PEER_ASSIST
 
 if TYPE_CHECKING:
     from syncer.peer.session import PeerSession
@@ -81,6 +82,7 @@ class SyncModel:
     ) -> None:
         self.events = events if events is not None else EventLog()  # the daemon's; folders emit into it
         self.config = config
+        self.assist: Any = None  # the daemon's PeerAssist (nat/assist.py), for PEER_ASSIST messages
         self.device_id = device_id
         self.short = short_id(device_id)
         self.db_path = db_path
@@ -327,6 +329,8 @@ class SyncModel:
     def on_message(self, session: PeerSession, msg: Message) -> asyncio.Event | None:
         """Handle one message; returns an event to wait for before reading on (backpressure)."""
         dev = session.device
+        if isinstance(msg, PEER_ASSIST):  # addresses, punching, relaying: nat/assist.py
+            return self.assist.on_message(session, msg) if self.assist is not None else None
         if isinstance(msg, Piece):
             f = self._slots.get(msg.id >> SLOT_BITS)
             if f is not None:

@@ -6,6 +6,7 @@ import asyncio
 
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity
+from syncer.nat.assist import PeerAssist
 from syncer.nat.policy import Attempt
 from syncer.nat.rendezvous import punch_and_connect
 from syncer.net.quic import QuicTransport
@@ -19,6 +20,7 @@ async def execute(
     identity: Identity,
     device_id: DeviceId,
     relays: dict[str, RelayTransport] | None = None,
+    assist: PeerAssist | None = None,
 ) -> Stream:
     """A stream to `device_id` along `attempt`, within attempt.timeout.
 
@@ -37,6 +39,11 @@ async def execute(
             if attempt.kind == "relay":
                 relay = (relays or {}).get(attempt.url) or RelayTransport(identity, attempt.url)
                 return await relay.connect(device_id, attempt.timeout)
+            if attempt.kind in ("assist-punch", "assist-relay") and assist is not None:
+                helper = DeviceId.parse(attempt.url.removeprefix("device://"))
+                if attempt.kind == "assist-punch":
+                    return await assist.punch_via(helper, device_id)
+                return await assist.relay_via(helper, device_id)
     except TimeoutError:
         raise TransportError(f"{attempt.kind} attempt via {attempt.url} timed out") from None
     raise TransportError(f"unknown attempt kind {attempt.kind!r}")

@@ -2,9 +2,11 @@
 
 Pure (time is an argument). Rules:
 - Routes, best first: DIRECT (tcp:// or quic:// dialled as given) < PUNCHED (QUIC over a hole
-  punched via a relay's rendezvous) < RELAYED (bytes through a relay).
+  punched via a relay's rendezvous or a paired device) < RELAYED (bytes through a relay) < VIA
+  (bytes through a paired device: the last resort, it spends someone's own bandwidth).
 - `plan()` lists every direct address in the order given, then a punch via each relay, then a
-  relayed session via each relay. Relays are the device's own relay:// addresses first (it is
+  punch coordinated by each helper device, then a relayed session via each relay, then a channel
+  through each helper device. Relays are the device's own relay:// addresses first (it is
   registered there), then ours; duplicates dropped; punching only when NAT traversal is enabled.
 - While connected over a route worse than DIRECT, `UpgradePolicy` says when to retry the better
   routes (every `interval`, doubling after each failed round up to `max_interval`). A new
@@ -23,12 +25,15 @@ class Route(enum.IntEnum):
     DIRECT = 0
     PUNCHED = 1
     RELAYED = 2
+    VIA = 3  # relayed by a paired device
 
 
 # per-attempt time limits (seconds) the dialer should apply
 DIRECT_TIMEOUT = 10.0
 PUNCH_TIMEOUT = 25.0  # rendezvous (<= 10) + punching (5) + QUIC handshake (10)
 RELAY_TIMEOUT = 10.0
+ASSIST_PUNCH_TIMEOUT = 20.0  # STUN (3) + answer through the helper (10) + punching (5) + QUIC
+ASSIST_RELAY_TIMEOUT = 30.0  # channel (10) + end-to-end TLS (15)
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,16 @@ def _relay_key(url: str) -> str:
     return f"{(parts.hostname or '').lower()}:{parts.port}"
 
 
-def plan(addresses: Iterable[str], relays: Iterable[str] = (), *, nat_enabled: bool = True) -> list[Attempt]:
-    """Ordered attempts to reach a device from its known `addresses` and our `relays`."""
+def plan(
+    addresses: Iterable[str],
+    relays: Iterable[str] = (),
+    *,
+    nat_enabled: bool = True,
+    helpers: Iterable[str] = (),
+    relay_via_devices: bool = True,
+) -> list[Attempt]:
+    """Ordered attempts to reach a device from its known `addresses`, our `relays` and the
+    connected `helpers` (device IDs of paired devices that may coordinate or relay)."""
     direct: list[Attempt] = []
     relay_urls: list[str] = []
     seen: set[str] = set()
@@ -66,7 +79,12 @@ def plan(addresses: Iterable[str], relays: Iterable[str] = (), *, nat_enabled: b
             keys.add(_relay_key(url))
             unique.append(url)
     punched = [Attempt(Route.PUNCHED, "punch", u, PUNCH_TIMEOUT) for u in unique] if nat_enabled else []
+    helpers = list(helpers)
+    if nat_enabled:
+        punched += [Attempt(Route.PUNCHED, "assist-punch", f"device://{h}", ASSIST_PUNCH_TIMEOUT) for h in helpers]
     relayed = [Attempt(Route.RELAYED, "relay", u, RELAY_TIMEOUT) for u in unique]
+    if relay_via_devices:
+        relayed += [Attempt(Route.VIA, "assist-relay", f"device://{h}", ASSIST_RELAY_TIMEOUT) for h in helpers]
     return direct + punched + relayed
 
 
@@ -105,6 +123,11 @@ class UpgradePolicy:
         if self.current is None:
             return list(attempts)
         return [a for a in attempts if a.route < self.current]
+
+    def retry_now(self, now: float) -> None:
+        """New information (addresses, configuration): try the better routes at once."""
+        if self.current is not None and self.current > Route.DIRECT:
+            self.next_at = now
 
     def round_failed(self, now: float) -> None:
         """No better route this round: try again later, backing off."""

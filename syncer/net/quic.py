@@ -52,7 +52,7 @@ from syncer.identity import Identity, ca_cert_path
 from syncer.net import tls
 from syncer.net.admission import GateStats, PreAuthGate, Ticket
 from syncer.net.transport import READ_SIZE, Address, Listener, Stream, StreamHandler, TransportError
-from syncer.net.udp import KEEPALIVE_INTERVAL, Addr, Keepalive, UdpEndpoint
+from syncer.net.udp import KEEPALIVE_INTERVAL, Addr, Keepalive, UdpEndpoint, plain_host
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ ERROR_BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + 42  # TLS alert bad_certifi
 def datagram_size_for(host: str) -> int:
     """Largest datagram we send towards `host` (pure)."""
     try:
-        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+        addr = ipaddress.ip_address(host.split("%")[0])
+        loopback = addr.is_loopback or (addr.version == 6 and bool(addr.ipv4_mapped and addr.ipv4_mapped.is_loopback))
     except ValueError:
         loopback = host == "localhost"
     return LOOPBACK_DATAGRAM_SIZE if loopback else DEFAULT_DATAGRAM_SIZE
@@ -183,7 +184,7 @@ class QuicStream(Stream):
         self._d = driver
         self.peer = peer
         host, port = driver.remote[:2]
-        self.remote_address = str(Address("quic", host, port))
+        self.remote_address = str(Address("quic", plain_host(host), port))
         self._buf = bytearray()
         self._eof = False
         self._readable = asyncio.Event()

@@ -25,6 +25,7 @@ from syncer.identity import Identity
 from syncer.net import tls
 from syncer.net.admission import GateStats, PreAuthGate, Ticket
 from syncer.net.transport import READ_SIZE, Address, Listener, Stream, StreamHandler, TransportError
+from syncer.net.udp import plain_host
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class TcpStream(Stream):
         self._transport = proto.transport
         self.peer = tls.peer_device_id(self._transport.get_extra_info("ssl_object"))
         host, port = self._transport.get_extra_info("peername")[:2]
-        self.remote_address = str(Address("tcp", host, port))
+        self.remote_address = str(Address("tcp", plain_host(host), port))
         self._closed = False
         self._on_accepted = on_accepted
 
@@ -331,7 +332,7 @@ class TcpListener(Listener):
             if self._starved:
                 log.info("%s: accepting connections again (%d attempts failed)", self.url, self._starved)
                 self._starved, backoff = 0, ACCEPT_BACKOFF
-            self._admit(conn, addr[0])
+            self._admit(conn, plain_host(addr[0]))
             # an accept that succeeds at once does not yield: let the rest of the loop run
             # between accepts, or a flood would starve it (and the tasks just started)
             await asyncio.sleep(0)
@@ -417,10 +418,16 @@ async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeou
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
-    """A listening socket; `::` listens on IPv6 and IPv4 (dual stack) where the OS can."""
+    """A listening socket; `::` listens on IPv6 and IPv4 (dual stack) and falls back to 0.0.0.0
+    where the host has no IPv6."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     dual = host == "::" and socket.has_dualstack_ipv6()
-    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG, dualstack_ipv6=dual)
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG, dualstack_ipv6=dual)
+    except OSError as e:
+        if host == "::" and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            return bind_tcp("0.0.0.0", port)
+        raise
     sock.setblocking(False)
     return sock
 

@@ -41,7 +41,7 @@ from syncer.wire import (
 
 log = logging.getLogger(__name__)
 
-FEATURES = ["bitfield", "choke", "interest"]
+FEATURES = ["bitfield", "choke", "interest", "peer-assist"]  # peer-assist: nat/assist.py
 TIMER_GRANULARITY = 1.0
 # frames up to this size (pieces of blocks up to 2 MiB: files up to 4 GiB) arrive whole from
 # transports that can align reads, and are decoded in place without being joined

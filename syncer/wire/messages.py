@@ -139,6 +139,45 @@ class Close(Message):
     reason: ShortText
 
 
+class PeerAddresses(Message):
+    """Sent by each side once connected (docs/nat.md): what this side sees and knows."""
+
+    observed: str  # the peer's address as this side sees this connection, e.g. tcp://1.2.3.4:5
+    listen: list[str]  # this side's listen addresses as bound, e.g. quic://0.0.0.0:22000
+    external: list[str]  # addresses believed to reach this side (port mapping, STUN, IPv6)
+
+
+class PunchVia(Message):
+    """Hole punching coordinated by a device connected to both ends (nat/assist.py)."""
+
+    op: int  # PUNCH_REQUEST / PUNCH_OFFER / PUNCH_ANSWER / PUNCH_ERROR
+    punch_id: bytes  # 16 random bytes chosen by the initiator
+    device: bytes  # request/answer from an end: the other end; from the helper: who it is from
+    host: str  # the sender's UDP address as seen by the helper ("" in errors)
+    port: int
+    reason: str = ""
+
+
+class RelayVia(Message):
+    """Control of a byte channel relayed by a paired device (nat/assist.py)."""
+
+    op: int  # RELAY_OPEN / RELAY_INCOMING / RELAY_ACCEPT / RELAY_ACCEPTED / RELAY_CLOSE / RELAY_CREDIT
+    channel: int  # u32, chosen by the sender of OPEN (A-C leg) or INCOMING (C-B leg)
+    device: bytes = b""  # OPEN: the other end; INCOMING: who it is from
+    credit: int = 0  # RELAY_CREDIT: bytes the receiver consumed since its last credit
+    reason: str = ""
+
+
+class RelayData(Message):
+    channel: int
+    data: bytes  # at most RELAY_CHUNK bytes: ciphertext of the ends' own TLS session
+
+
+PEER_ASSIST = (PeerAddresses, PunchVia, RelayVia, RelayData)  # handled by nat/assist.py
+PUNCH_REQUEST, PUNCH_OFFER, PUNCH_ANSWER, PUNCH_ERROR = 1, 2, 3, 4
+RELAY_OPEN, RELAY_INCOMING, RELAY_ACCEPT, RELAY_ACCEPTED, RELAY_CLOSE, RELAY_CREDIT = 1, 2, 3, 4, 5, 6
+RELAY_CHUNK = 64 << 10
+
 # PieceError codes
 ERR_GENERIC = 0
 ERR_NO_SUCH_FILE = 1
@@ -163,5 +202,9 @@ TYPES: dict[int, type[Message]] = {
     0x0E: NotInterested,
     0x0F: Ping,
     0x10: Close,
+    0x30: PeerAddresses,
+    0x31: PunchVia,
+    0x32: RelayVia,
+    0x33: RelayData,
 }
 TYPE_OF: dict[type[Message], int] = {v: k for k, v in TYPES.items()}

@@ -68,8 +68,12 @@ def query(t: bytes, method: str, args: dict[str, Any]) -> bytes:
     return bencode.encode({"t": t, "y": "q", "q": method, "a": args})
 
 
-def response(t: bytes, values: dict[str, Any]) -> bytes:
-    return bencode.encode({"t": t, "y": "r", "r": values})
+def response(t: bytes, values: dict[str, Any], ip: bytes | None = None) -> bytes:
+    """A response; `ip` (BEP 42): the querier's address as we see it, compact."""
+    msg: dict[str, Any] = {"t": t, "y": "r", "r": values}
+    if ip is not None:
+        msg["ip"] = ip
+    return bencode.encode(msg)
 
 
 def error(t: bytes, code: int, message: str) -> bytes:

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import json
 import logging
 import os
+import socket
 import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from syncer.discovery.dht import krpc
+from syncer.discovery.dht import bep42, krpc
 from syncer.discovery.dht.krpc import NodeInfo
 from syncer.discovery.dht.routing import REFRESH, K, RoutingTable, distance
 from syncer.discovery.dht.tokens import Tokens
 from syncer.discovery.peerstore import PeerEntry, PeerStore
 from syncer.net.admission import KeyedRateLimit, source_key
+from syncer.net.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,28 @@ QUERY_RATE = 20.0  # queries per second and source address, on average
 QUERY_BURST = 100.0
 MAX_RATE_SOURCES = 10_000
 TID_BYTES = 4
+THIN = 16  # a routing table smaller than this is "thin": only then are bootstrap nodes asked
+BOOTSTRAP_BACKOFF = (60.0, 1800.0)  # while still thin after bootstrapping: retry, doubling
+SAVE_INTERVAL = 600.0
+SAVED_NODES = 200  # nodes kept in the state file
+PING_SAVED = 64  # saved nodes pinged at start
+EXTERNAL_VOTES = 2  # BEP 42 "ip" answers that must agree before we believe them
+
+
+def _compact(addr: tuple[str, int]) -> bytes | None:
+    try:
+        return krpc.encode_peer(_norm(addr)[0], addr[1])
+    except ValueError:
+        return None
+
+
+async def _resolve(host: str, port: int) -> tuple[str, int] | None:
+    """A bootstrap node's address (resolved off the event loop, bounded)."""
+    try:
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM), 5)
+    except (OSError, TimeoutError):
+        return None
+    return (infos[0][4][0], infos[0][4][1]) if infos else None
 
 
 def _norm(addr: tuple[str, int]) -> tuple[str, int]:
@@ -64,10 +92,17 @@ class DhtNode(asyncio.DatagramProtocol):
         clock: Any = time.monotonic,
         query_rate: float = QUERY_RATE,
         query_burst: float = QUERY_BURST,
+        state_file: Path | None = None,
     ) -> None:
         self.host, self.port = host, port
-        self.id = node_id or os.urandom(20)
+        self.state_file = state_file
+        saved_id, self.saved_nodes = self._load_state()
+        self.id = node_id or saved_id or os.urandom(20)
         self.bootstrap_nodes = list(bootstrap or [])
+        self.bootstrap_backoff = Backoff(initial=BOOTSTRAP_BACKOFF[0], maximum=BOOTSTRAP_BACKOFF[1])
+        self.bootstraps = 0  # rounds in which bootstrap nodes were asked
+        self.external_ip: str | None = None
+        self._votes: Counter[str] = Counter()
         self.clock = clock
         now = clock()
         self.table = RoutingTable(self.id, now)
@@ -104,6 +139,7 @@ class DhtNode(asyncio.DatagramProtocol):
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.save_state()
         for fut, _ in self._pending.values():
             if not fut.done():
                 fut.cancel()
@@ -188,7 +224,7 @@ class DhtNode(asyncio.DatagramProtocol):
         else:
             raise krpc.KrpcError(krpc.ERR_METHOD, "method unknown")
         self.table.add(NodeInfo(sender, addr[0], addr[1]), now)
-        self._send(krpc.response(t, reply), addr)
+        self._send(krpc.response(t, reply, _compact(addr)), addr)
 
     def _on_response(self, msg: dict[bytes, Any], addr: tuple[str, int]) -> None:
         pending = self._pending.get(msg[b"t"])
@@ -210,6 +246,7 @@ class DhtNode(asyncio.DatagramProtocol):
         nid = r.get(b"id")
         if isinstance(nid, bytes) and len(nid) == 20:
             self.table.add(NodeInfo(nid, addr[0], addr[1]), self.clock())
+        self._vote(msg.get(b"ip"))
         fut.set_result(r)
 
     # --- outgoing queries -----------------------------------------------------------------
@@ -236,16 +273,84 @@ class DhtNode(asyncio.DatagramProtocol):
         return r[b"id"]
 
     async def bootstrap(self) -> int:
-        """Join through the bootstrap nodes; returns the routing table size."""
-        for addr in self.bootstrap_nodes:
-            with contextlib.suppress(TimeoutError, krpc.KrpcError, OSError):
-                await self.query(addr, "find_node", {"target": self.id})
+        """Join: first through the nodes saved by the last run, then, only while the routing
+        table is still thin, through the bootstrap nodes (with a backoff between such rounds);
+        returns the routing table size."""
+        if self.saved_nodes:
+            saved, self.saved_nodes = self.saved_nodes[:PING_SAVED], []
+            await asyncio.gather(*(self._try(n.addr, "find_node", {"target": self.id}) for n in saved))
+        now = self.clock()
+        if len(self.table) < THIN and self.bootstrap_nodes and self.bootstrap_backoff.due(now):
+            self.bootstraps += 1
+            for host, port in self.bootstrap_nodes:
+                addr = await _resolve(host, port)
+                if addr is not None:
+                    await self._try(addr, "find_node", {"target": self.id})
         await self._lookup(self.id, "find_node")
         # then fill the far buckets too: a table that only knows our own neighbourhood makes
         # lookups for distant keys get stuck there
         for target in self.table.stale_buckets(self.clock() + REFRESH):
             await self._lookup(target, "find_node")
+        if len(self.table) < THIN:
+            self.bootstrap_backoff.failed(self.clock())
+        else:
+            self.bootstrap_backoff.succeeded()
         return len(self.table)
+
+    async def _try(self, addr: tuple[str, int], method: str, args: dict[str, Any]) -> None:
+        with contextlib.suppress(TimeoutError, krpc.KrpcError, OSError):
+            await self.query(addr, method, args)
+
+    # --- BEP 42 and the external address ------------------------------------------------------
+    def _vote(self, raw: Any) -> None:
+        if not isinstance(raw, bytes) or len(raw) not in (6, 18):
+            return
+        ip = str(ipaddress.ip_address(raw[:-2]))
+        self._votes[ip] += 1
+        if len(self._votes) > 64:  # bounded: keep the leaders
+            self._votes = Counter(dict(self._votes.most_common(16)))
+        best, n = self._votes.most_common(1)[0]
+        if n >= EXTERNAL_VOTES:
+            self.set_external(best)
+
+    def set_external(self, ip: str) -> None:
+        """Our external address is `ip` (from BEP 42 answers, or the daemon's STUN): take a
+        BEP 42 node id for it if ours is not one, keeping the nodes we know."""
+        self.external_ip = ip
+        if bep42.valid(self.id, ip):
+            return
+        old = self.table
+        self.id = bep42.node_id(ip)
+        self.table = RoutingTable(self.id, self.clock())
+        for b in old.buckets:
+            for e in b.nodes.values():
+                self.table.add(e.node, e.last_seen)
+        log.info("DHT: external address %s: new BEP 42 node id %s", ip, self.id.hex())
+
+    # --- state between runs ------------------------------------------------------------------------
+    def _load_state(self) -> tuple[bytes | None, list[NodeInfo]]:
+        if self.state_file is None:
+            return None, []
+        try:
+            data = json.loads(self.state_file.read_text())
+            nid = bytes.fromhex(data["id"])
+            nodes = [NodeInfo(bytes.fromhex(i), str(ip), int(port)) for i, ip, port in data["nodes"][:SAVED_NODES]]
+            return (nid if len(nid) == 20 else None), [n for n in nodes if len(n.id) == 20 and 0 < n.port < 65536]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, []  # no or damaged state: bootstrap as on a first run
+
+    def save_state(self) -> None:
+        if self.state_file is None:
+            return
+        nodes = [e for b in self.table.buckets for e in b.nodes.values() if e.failures == 0]
+        nodes.sort(key=lambda e: -e.last_seen)
+        data = {"version": 1, "id": self.id.hex(), "nodes": [[e.node.id.hex(), e.node.ip, e.node.port] for e in nodes[:SAVED_NODES]]}
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        with contextlib.suppress(OSError):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.state_file)
 
     async def _lookup(self, target: bytes, method: str) -> tuple[list[NodeInfo], dict[bytes, bytes], set[tuple[str, int]]]:
         """Iterative Kademlia lookup: (k closest responding nodes, their tokens, peer values)."""
@@ -307,11 +412,15 @@ class DhtNode(asyncio.DatagramProtocol):
         return ok
 
     async def _maintenance(self) -> None:
+        saved = self.clock()
         while True:
             await asyncio.sleep(REFRESH_CHECK)
             now = self.clock()
             self.store.expire(now)
-            if len(self.table) == 0 and self.bootstrap_nodes:
+            if len(self.table) < THIN and self.bootstrap_nodes and self.bootstrap_backoff.due(now):
                 await self.bootstrap()
             for target in self.table.stale_buckets(now):
                 await self._lookup(target, "find_node")
+            if now - saved >= SAVE_INTERVAL:
+                self.save_state()
+                saved = now

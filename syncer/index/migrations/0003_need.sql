@@ -53,3 +53,6 @@ CREATE TABLE conflicts (
     created REAL NOT NULL,
     PRIMARY KEY (folder, copy)
 ) WITHOUT ROWID;
+
+-- conflict copies in an index (counted for status without walking the folder)
+CREATE INDEX files_conflicts ON files (folder, device, name) WHERE instr(name, '.sync-conflict-') > 0;
