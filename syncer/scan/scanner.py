@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -281,6 +282,12 @@ class Scanner:
             run.finish(allow_mass_delete)
         return result
 
+    def now_floor(self) -> int:
+        """Our counter in a new version is at least the wall clock in seconds (Syncthing's
+        rule): a device whose index was lost and rebuilt still makes versions newer than the
+        ones its peers hold from before, instead of restarting below them."""
+        return int(time.time())
+
     def _info(self, e: _Entry, old: FileInfo | None, blocks: tuple[bytes, ...], bs: int) -> FileInfo:
         st = e.st
         version = old.version if old is not None else VersionVector()
@@ -293,7 +300,7 @@ class Scanner:
             block_size=bs,
             blocks=blocks,
             symlink_target=e.target,
-            version=version.update(self.short),
+            version=version.update(self.short, self.now_floor()),
             sequence=0,
             deleted=False,
             modified_by=self.short,
@@ -506,7 +513,7 @@ class _Run:
             tombs = [
                 FileInfo(
                     name=name, type=old.type, size=0, mtime_ns=old.mtime_ns, permissions=old.permissions,
-                    block_size=0, blocks=(), symlink_target="", version=old.version.update(s.short),
+                    block_size=0, blocks=(), symlink_target="", version=old.version.update(s.short, s.now_floor()),
                     sequence=0, deleted=True, modified_by=s.short,
                 )
                 for name in names
