@@ -1,6 +1,6 @@
 import os
-import time
 import socket
+import time
 import unicodedata
 
 import pytest
