@@ -13,6 +13,7 @@ import random
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 from syncer.ignore import always_ignored
@@ -115,10 +116,16 @@ class FolderWatcher:
     (relative, '/'-separated, NFC)."""
 
     def __init__(
-        self, root: Path, delay: float, loop: asyncio.AbstractEventLoop | None = None, modify_events: bool = False
+        self,
+        root: Path,
+        delay: float,
+        loop: asyncio.AbstractEventLoop | None = None,
+        modify_events: bool = False,
+        own: Callable[[str], bool] | None = None,
     ) -> None:
         self.root = Path(root)
         self.modify_events = modify_events
+        self.own = own  # True for a path that is exactly what syncer itself just wrote there
         self.loop = loop or asyncio.get_event_loop()
         self.agg = Aggregator(delay)
         self._wake = asyncio.Event()
@@ -163,7 +170,9 @@ class FolderWatcher:
         if rel == "." or rel.startswith(".."):
             return None
         rel = unicodedata.normalize("NFC", rel.replace(os.sep, "/"))
-        return None if always_ignored(rel) else rel
+        if always_ignored(rel) or (self.own is not None and self.own(rel)):
+            return None
+        return rel
 
     def _hand_over(self, rel: str) -> None:
         """Watchdog thread: queue a name; wake the event loop only for the first of a burst."""

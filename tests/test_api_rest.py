@@ -126,7 +126,7 @@ def test_conflicts_versions_and_restore(pair) -> None:  # type: ignore[no-untype
     (versions / "sub" / "deep~20250101-101010-1.txt").write_text("deep old")
     a.syncer("scan", "vers", check=True)
     c = api_a.json("GET", "/rest/folders/vers/conflicts")
-    assert [(i["name"], i["original"]) for i in c["items"]] == [("notes.sync-conflict-20250102-030405-ABCDEFG.txt", "notes.txt")]
+    assert [(i["copy"], i["name"], i["original"]) for i in c["items"]] == [("notes.sync-conflict-20250102-030405-ABCDEFG.txt", "notes.txt", "notes.txt")]
     v = api_a.json("GET", "/rest/folders/vers/versions")
     assert [(i["version"], i["name"]) for i in v["items"]] == [("notes~20250101-101010.txt", "notes.txt"), ("sub/deep~20250101-101010-1.txt", "sub/deep.txt")]
     assert v["items"][0]["time"] == 1735726210.0

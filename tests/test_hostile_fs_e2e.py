@@ -193,7 +193,9 @@ def test_victims_own_symlink_is_never_traversed_to_serve_archive_conflict_or_del
         assert {a.code for a in answers} <= {ERR_NO_SUCH_BLOCK, ERR_NO_SUCH_FILE}
         new_f, new_h, c = os.urandom(900), os.urandom(901), os.urandom(50)
         peer.serve({"d/f": new_f, "d/h": new_h, "control.txt": c})
-        dominating = sorted([(b_short, 1), (peer.short, 1)])
+        # the victim's counters are its clock in seconds: dominate what it announced
+        ours = max(c for f in entries_from_victim(peer) if f.name.startswith("d/") for d, c in f.version if d == b_short)
+        dominating = sorted([(b_short, ours), (peer.short, 1)])
         later = MTIME + 10**12
         peer.send(Index(FID, [
             file_entry("d/f", new_f, dominating),

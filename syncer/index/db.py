@@ -631,11 +631,12 @@ class IndexDB:
         return self.conn.execute(q, (folder, LOCAL)).fetchone()[0]
 
     def need_errors(self, folder: str, limit: int) -> list[tuple[str, str]]:
-        q = "SELECT name, error FROM need WHERE folder=? AND error!='' AND skip=0 ORDER BY name LIMIT ?"
+        q = "SELECT name, error FROM need INDEXED BY need_errors WHERE folder=? AND error!='' AND skip=0 ORDER BY name LIMIT ?"
         return [(r[0], r[1]) for r in self.conn.execute(q, (folder, limit))]
 
     def count_need_errors(self, folder: str) -> int:
-        return self.conn.execute("SELECT COUNT(*) FROM need WHERE folder=? AND error!='' AND skip=0", (folder,)).fetchone()[0]
+        q = "SELECT COUNT(*) FROM need INDEXED BY need_errors WHERE folder=? AND error!='' AND skip=0"
+        return self.conn.execute(q, (folder,)).fetchone()[0]
 
     def totals(self, folder: str, what: str) -> tuple[int, int]:
         """(entries, bytes) of the folder's local index ('local') or need ('need')."""

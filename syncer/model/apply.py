@@ -128,6 +128,15 @@ def _apply_file(fs: FolderFS, glob: FileInfo, local: FileInfo | None, conflict: 
     name = glob.name
     check_syncable(name)
     tmp = layout.temp_name(name)
+    perms = safe_write.final_mode(glob.permissions)
+    mode = perms if perms != safe_write.temp_mode(glob.permissions) else None  # read-only: the temp was not
+    if not conflict and (local is None or local.deleted):
+        # a new file: in place only if nothing appeared under its name meanwhile (atomically)
+        try:
+            out.applied.append(_identity(glob, fs.install(tmp, name, glob.mtime_ns, mode, replace=False)))
+            return
+        except FileExistsError:
+            pass  # something is there now: kept below as a conflict copy
     st = fs.lstat_or_none(name)
     if conflict or not on_disk_matches(fs, local, name, st):
         if st is not None:
@@ -137,12 +146,13 @@ def _apply_file(fs: FolderFS, glob: FileInfo, local: FileInfo | None, conflict: 
             out.archived.append(name)
     elif st is not None and stat.S_ISDIR(st.st_mode):
         fs.rmdir(name)  # a directory became a file; only if empty
-    perms = safe_write.final_mode(glob.permissions)
-    if perms != safe_write.temp_mode(glob.permissions):  # read-only: the temp was not
-        fs.chmod(tmp, perms)
-    fs.utime(tmp, glob.mtime_ns)
-    fs.replace(tmp, name)
-    out.applied.append(with_disk_identity(fs, glob))
+    out.applied.append(_identity(glob, fs.install(tmp, name, glob.mtime_ns, mode, replace=True)))
+
+
+def _identity(f: FileInfo, st: os.stat_result) -> FileInfo:
+    """`f` as installed: inode, and the permissions actually on disk (masked)."""
+    perms = stat.S_IMODE(st.st_mode) & safe_write.PERMISSION_BITS
+    return msgspec.structs.replace(f, inode=st.st_ino, dev=st.st_dev, permissions=perms)
 
 
 def _order_key(f: FileInfo) -> tuple[int, int, str]:

@@ -17,6 +17,8 @@ import asyncio
 import contextlib
 import errno
 import logging
+import stat
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from syncer.errors import FolderError
 from syncer.fs import layout
 from syncer.fs.confined import FolderFS
 from syncer.index.db import LOCAL, IndexDB, NeedRow, encode_version
-from syncer.index.fileinfo import LOCAL_CHANGE, FileInfo
+from syncer.index.fileinfo import LOCAL_CHANGE, FileInfo, FileType
 from syncer.model import apply as applying
 from syncer.model import foldertype, safe_write
 from syncer.model.conflicts import MARKER as CONFLICT_MARKER
@@ -77,6 +79,8 @@ PRUNE_INTERVAL = 24 * 3600.0  # the whole trash can is swept daily...
 PRUNE_RESUME = 60.0  # ...in runs of bounded work, the next one this soon if there is more
 HOUSEKEEPING_S = 5.0  # idle serving and directory fds are closed this often
 FILE_ERRORS_SHOWN = 50
+OWN_WRITE_S = 5.0  # the watcher ignores events for what apply wrote this recently (if unchanged)
+OWN_WRITE_MAX = 20_000
 
 
 @dataclass
@@ -163,6 +167,8 @@ class FolderRuntime:
         self._disk_full = ""
         self._task_error = ""
         self._changed: set[str] = set()
+        self._own_writes: dict[str, tuple[float, FileInfo]] = {}  # name -> (until, what apply wrote)
+        self._own_lock = threading.Lock()
 
     # --- worker thread ---------------------------------------------------------------
     async def run_in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -345,7 +351,7 @@ class FolderRuntime:
         delay = self.model.config.get("watch.delay_ms") / 1000.0
         try:
             modify = self.model.config.get("watch.modify_events")
-            self.watcher = FolderWatcher(self.root, delay, asyncio.get_running_loop(), modify)
+            self.watcher = FolderWatcher(self.root, delay, asyncio.get_running_loop(), modify, own=self._is_own_write)
             self.watcher.start()
         except Exception as e:  # watchdog can fail on odd filesystems: rescans still work
             log.warning("folder %s: watcher unavailable (%s); relying on periodic rescans", self.id, e)
@@ -716,6 +722,7 @@ class FolderRuntime:
                     if loser is not None and winner is not None:
                         record.append((copy, original, loser.modified_by, winner.modified_by, encode_version(loser.version), encode_version(winner.version), now))
                 db.record_conflicts(self.id, record)
+            self._note_own_writes(outcome.applied)
             stored = db.update_local(self.id, outcome.applied) if outcome.applied else []
             changes = self.need.recompute(db, devices, names, policy)
             return outcome, stored, self._condense(changes, jobs)
@@ -737,6 +744,43 @@ class FolderRuntime:
         if outcome.conflicts:
             await self.scan(set(outcome.conflicts))
         self._kick()
+
+    def _note_own_writes(self, rows: list[FileInfo]) -> None:
+        """Worker: what apply just put on disk, so the watcher does not scan it again (the
+        watchdog thread compares each event's file with it: a change by someone else after us
+        still gets scanned)."""
+        if not rows:
+            return
+        expires = self.clock.monotonic() + OWN_WRITE_S
+        with self._own_lock:
+            own = self._own_writes
+            if len(own) > OWN_WRITE_MAX:
+                now = self.clock.monotonic()
+                for k in [k for k, v in own.items() if v[0] < now]:
+                    del own[k]
+            for f in rows:
+                own[f.name] = (expires, f)
+
+    def _is_own_write(self, name: str) -> bool:
+        """Watchdog thread: is `name` exactly as apply left it a moment ago?"""
+        with self._own_lock:
+            entry = self._own_writes.get(name)
+        if entry is None or entry[0] < self.clock.monotonic():
+            return False
+        f = entry[1]
+        try:
+            st = self.fs.lstat_or_none(name)
+        except OSError:
+            return False
+        if f.deleted:
+            return st is None
+        if st is None:
+            return False
+        if f.type == FileType.DIRECTORY:
+            return stat.S_ISDIR(st.st_mode)
+        if f.type == FileType.SYMLINK:
+            return stat.S_ISLNK(st.st_mode)
+        return stat.S_ISREG(st.st_mode) and st.st_size == f.size and st.st_mtime_ns == f.mtime_ns and (not f.inode or st.st_ino == f.inode)
 
     def _loser_short(self, local: FileInfo | None) -> str:
         if local is not None:

@@ -316,13 +316,16 @@ def _printable(name: str) -> str:
 def _scopes(paths: Iterable[str], result: ScanResult) -> list[str]:
     """The paths of a scoped scan, NFC, each once, none inside another."""
     scope: list[str] = []
+    kept: set[str] = set()
     for p in sorted({unicodedata.normalize("NFC", p.strip("/")) for p in paths}):
-        if not p or any(p == s or p.startswith(s + "/") for s in scope):
+        parts = p.split("/")
+        if not p or any("/".join(parts[:i]) in kept for i in range(1, len(parts) + 1)):
             continue
         if p.count("/") >= MAX_DEPTH:
             result.errors.append((p[:200], f"deeper than {MAX_DEPTH} path components (not scanned)"))
             continue
         scope.append(p)
+        kept.add(p)
     return scope
 
 

@@ -240,7 +240,8 @@ class Puller:
         self._pipeline: dict[Peer, list[int]] = {}  # peer -> [requests, bytes] in flight
         self._retry_at: float | None = None
         self._rates: Mapping[Peer, float] = {}
-        self.interest: set[Peer] = set()
+        self._interest: set[Peer] = set()
+        self._interest_dirty = False
         self.bytes_received = 0
 
     # --- plumbing ------------------------------------------------------------------
@@ -540,11 +541,19 @@ class Puller:
         self._choked_by.discard(peer)
 
     def _update_interest(self) -> None:
-        want: set[Peer] = set()
-        for job in self._jobs.values():
-            if job.state == DOWNLOADING:
-                want |= self.picker.holders(job.file.name)
-        self.interest = want & self._connected
+        self._interest_dirty = True  # computed when asked (once per loop turn), not per event
+
+    @property
+    def interest(self) -> set[Peer]:
+        """The connected peers that hold blocks of our downloads."""
+        if self._interest_dirty:
+            self._interest_dirty = False
+            want: set[Peer] = set()
+            for job in self._jobs.values():
+                if job.state == DOWNLOADING:
+                    want |= self.picker.holders(job.file.name)
+            self._interest = want & self._connected
+        return self._interest
 
     # --- availability from peers -----------------------------------------------------------
     def _job_for(self, name: str, version: list[tuple[int, int]], count: int | None = None) -> _Job | None:
@@ -575,8 +584,7 @@ class Puller:
             return
         self.picker.have(peer, BlockRef(msg.name, msg.block_index))
         self._answer_availability(peer, job)
-        if peer not in self.interest:
-            self._update_interest()
+        self._update_interest()
 
     def _answer_availability(self, peer: Peer, job: _Job) -> None:
         if peer not in job.told:

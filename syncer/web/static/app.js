@@ -289,7 +289,7 @@ async function loadDetails(id, parts) {
       const c = await api.get(`${q}/conflicts?perpage=100`);
       const el = part("conflicts", `Conflicts (${c.items.length}${c.more ? "+" : ""})`);
       const list = h("ul", { class: "items" });
-      for (const it of c.items) list.append(h("li", { "data-conflict": it.name }, h("code", {}, it.name), " copy of ", h("code", {}, it.original)));
+      for (const it of c.items) list.append(h("li", { "data-conflict": it.copy }, h("code", {}, it.copy), " copy of ", h("code", {}, it.name)));
       el.append(c.items.length ? list : h("p", { class: "empty" }, "No conflicts."));
     }
     if (parts.includes("versions")) {
