@@ -86,7 +86,7 @@ class Daemon:
         self.config: Config = load_config(paths.config_file)
         self._listen_override = listen
         self._api_override = api
-        self.transports = {"tcp": TcpTransport(self.identity), "quic": QuicTransport(self.identity)}
+        self.transports: dict[str, TcpTransport | QuicTransport] = {"tcp": TcpTransport(self.identity), "quic": QuicTransport(self.identity)}
         self.relays: dict[str, RelayTransport] = {}
         self.responders: list[PunchResponder] = []
         self.upgrades: dict[DeviceId, UpgradePolicy] = {}

@@ -68,7 +68,7 @@ from syncer.bt.wire import (
     Unchoke,
 )
 from syncer.net.backoff import Backoff
-from syncer.transfer.choker import Choker, PeerStats
+from syncer.transfer.choker import Choker, ChokeStats
 
 if TYPE_CHECKING:
     from syncer.bt.session import BtSession
@@ -180,7 +180,7 @@ class Torrent:
         self.banned_peer_ids: set[bytes] = set()
         self.ban_log: list[dict[str, str]] = []
         self.fetcher = MetadataFetcher(info_hash)
-        self.choker = Choker()
+        self.choker: Choker[PeerLink] = Choker()
         self.picker: PiecePicker | None = None
         self.storage: Storage | None = None
         self.layout: Layout | None = None
@@ -793,7 +793,7 @@ class Torrent:
         loop = asyncio.get_running_loop()
         try:
             while link.uploads and not link.closed:
-                batch = []
+                batch: list[tuple[int, int, int]] = []
                 while link.uploads and len(batch) < SERVE_BATCH:
                     key = link.uploads.popleft()
                     if key in link.conn.peer_requests:
@@ -831,7 +831,7 @@ class Torrent:
 
     def _rechoke(self, now: float) -> None:
         stats = {
-            link: PeerStats(link.conn.peer_interested, link.down.rate(now), link.up.rate(now), connected_at=link.connected_at)
+            link: ChokeStats(link.conn.peer_interested, link.down.rate(now), link.up.rate(now), connected_at=link.connected_at)
             for link in self.links
             if link.conn.peer_handshake is not None and link.conn.accepted and not link.closed
         }

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -21,6 +22,7 @@ from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
 from syncer.paths import private_file
 
+T = TypeVar("T")
 LOCAL = b"\x00" * 32
 HASH_LEN = 32
 _enc = msgspec.msgpack.Encoder()
@@ -150,7 +152,7 @@ class IndexDB:
         return self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
 
     # --- transactions ---------------------------------------------------------------
-    def _write(self, fn, *args):  # type: ignore[no-untyped-def]
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:

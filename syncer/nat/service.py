@@ -135,14 +135,16 @@ class NatService:
         """One round of binding requests; returns how many observers answered."""
         assert self.udp is not None
         targets = await self._targets()
+        udp = self.udp  # the endpoint as it is now, for the probes below
+        assert udp is not None
 
         async def one(name: str, addr: tuple[str, int]) -> None:
             try:
-                mapped = await stun.binding(self.udp, addr)  # type: ignore[arg-type]
+                mapped = await stun.binding(udp, addr)
             except stun.StunError as e:
                 self.last_error = str(e)
                 return
-            local = (local_ip_towards(addr), self.udp.local_address[1])  # type: ignore[union-attr]
+            local = (local_ip_towards(addr), udp.local_address[1])
             self.observations[name] = Observation(name, addr, local, mapped, self.clock())
 
         await asyncio.gather(*(one(n, a) for n, a in targets))

@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
 
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity
@@ -41,6 +42,12 @@ PONG_TIMEOUT = 20.0
 RECONNECT_MAX = 30.0
 
 ControlListener = Callable[[p.Message], None]
+
+
+class _ReplacesWriter(Protocol):
+    """The private method of asyncio.StreamReaderProtocol (CPython 3.11+) used below."""
+
+    def _replace_writer(self, writer: asyncio.StreamWriter) -> None: ...
 
 
 class RelayStream(ReaderWriterStream):
@@ -86,7 +93,9 @@ class _RelayConnection:
         if inner is None:
             raise TransportError("relay connection closed during the end-to-end handshake")
         writer = asyncio.StreamWriter(inner, self._protocol, self.reader, loop)
-        self._protocol._replace_writer(writer)  # what StreamWriter.start_tls does (client side only)
+        # what StreamWriter.start_tls does, which can only be the TLS client: asyncio has no public
+        # call for being the TLS server over a connection we dialed
+        cast(_ReplacesWriter, self._protocol)._replace_writer(writer)
         stream = RelayStream(self.reader, writer, relay)
         # a StreamWriter closes its transport when garbage-collected: keep the outer one alive
         stream._outer_writer = self.writer
@@ -265,8 +274,8 @@ class RelayTransport:
         for listener in list(self._listeners):
             listener(msg)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 

@@ -253,12 +253,12 @@ class Scanner:
         for e in entries:
             st = e.st
             perms = st.st_mode & PERMISSION_BITS
-            old = state.get(e.name)
+            known = state.get(e.name)
             if e.type == FileType.FILE:
                 result.files += 1
                 result.bytes += st.st_size
-            if old is not None and not old[5] and old[0] == e.type:
-                _, size, mtime, operm, inode, _, target = old
+            if known is not None and not known[5] and known[0] == e.type:
+                _, size, mtime, operm, inode, _, target = known
                 if e.type == FileType.DIRECTORY and operm == perms:
                     continue
                 if e.type == FileType.SYMLINK and target == e.target:
@@ -290,8 +290,8 @@ class Scanner:
             else:
                 blocks, bs = (), 0
             changed.append(self._info(e, old, blocks, bs))
-        for e, blocks in hashed:
-            changed.append(self._info(e, olds.get(e.name), tuple(blocks), block_size_for(e.st.st_size)))
+        for e, hashes in hashed:
+            changed.append(self._info(e, olds.get(e.name), tuple(hashes), block_size_for(e.st.st_size)))
         deleted: list[FileInfo] = []
         for name in gone:
             old = olds[name]
