@@ -199,7 +199,6 @@ class Torrent:
         self.wanted_bytes = 0
         self.verified_bytes = 0  # of the selected files, in verified pieces
         self.complete = asyncio.Event()
-        self.started_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake_trackers = asyncio.Event()
         self._announced: set[str] = set()

@@ -22,7 +22,6 @@ import msgspec
 from syncer.deviceid import DeviceId
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import LOCAL_CHANGE, FileInfo
-from syncer.index.version import VersionVector
 from syncer.model.globalstate import same_content
 from syncer.model.need import _global
 
@@ -111,11 +110,6 @@ def revert_plan(db: IndexDB, folder: str, devices: list[DeviceId]) -> Plan:
             _, glob = _global(found.get(name, {}))
             (restore if glob is not None and not glob.deleted else remove).append(name)
     return Plan([], restore, remove)
-
-
-def empty_version(f: FileInfo) -> FileInfo:
-    """The row of a reverted local change: any other version beats it, and it is not flagged."""
-    return msgspec.structs.replace(f, version=VersionVector(), flags=0)
 
 
 def freeable(db: IndexDB, folder: str, devices: list[DeviceId], names: list[str]) -> tuple[list[FileInfo], list[str]]:

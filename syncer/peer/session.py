@@ -229,10 +229,6 @@ class PeerSession:
         if self._closed.is_set():
             raise ConnectionResetError("session closed")
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
-
     def _queue(self, parts: list[bytes | memoryview]) -> None:
         n = sum(len(p) for p in parts)
         if not n:
