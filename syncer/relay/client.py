@@ -22,8 +22,8 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity
@@ -33,6 +33,7 @@ from syncer.net.tcp import STREAM_LIMIT, ReaderWriterStream
 from syncer.net.transport import StreamHandler, TransportError
 from syncer.relay import protocol as p
 from syncer.relay.invites import InviteGate, Policy
+from syncer.runtime.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class RelayTransport:
         self._listeners: list[ControlListener] = []
         self._control: _RelayConnection | None = None
         self._control_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(self._task_failed)
         self.cookie: bytes | None = None  # rendezvous cookie of the current control connection
         self.registered = asyncio.Event()
         self._closed = False
@@ -268,21 +269,14 @@ class RelayTransport:
         if not self.invites.admit(device, asyncio.get_running_loop().time()):
             log.debug("relay %s: invitation from %s ignored", self.relay, device.short)
             return
-        self._spawn(self._accept(invite, device))
+        self._tasks.spawn(self._accept(invite, device))
 
     def _notify(self, msg: p.Message) -> None:
         for listener in list(self._listeners):
             listener(msg)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("relay %s: stream handler failed: %r", self.relay, exc)
+    def _task_failed(self, exc: BaseException) -> None:
+        log.warning("relay %s: stream handler failed: %r", self.relay, exc)
 
     async def _accept(self, invite: p.Invite, expected: DeviceId) -> None:
         assert self._on_stream is not None
@@ -311,8 +305,7 @@ class RelayTransport:
             self._control_task.cancel()
         if self._control is not None:
             self._control.abort()
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel()
         pending = [t for t in [self._control_task, *self._tasks] if t is not None]
         if pending:
             with contextlib.suppress(Exception):
