@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
 import time
 from typing import Any
 
 from syncer.nat.natkind import DEPENDENT, INDEPENDENT, NO_NAT, Observation, classify, external
 from syncer.net import stun
+from syncer.net.localaddr import local_ip_towards
 from syncer.net.udp import UdpEndpoint
 
 log = logging.getLogger(__name__)
@@ -28,17 +28,6 @@ PROBE_INTERVAL = 600.0
 RETRY_FIRST = 30.0
 MAX_OBSERVERS = 16
 MAX_PEER_OBSERVED = 32
-
-
-def local_ip_towards(addr: tuple[str, int]) -> str:
-    """The source address the kernel picks for packets to `addr` (nothing is sent)."""
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(addr)
-            return s.getsockname()[0]
-        except OSError:
-            return ""
 
 
 def global_ipv6_addresses() -> list[str]:
