@@ -25,6 +25,7 @@ from syncer.discovery.service import DiscoveryService
 from syncer.errors import DaemonError, SyncerError
 from syncer.events import EventLog
 from syncer.identity import load_or_create
+from syncer.index.db import recover_if_damaged
 from syncer.invite.addresses import dialable
 from syncer.invite.service import InviteService
 from syncer.memtune import tune_malloc
@@ -108,6 +109,7 @@ class Daemon:
         self.control = DaemonControl(self, self.events)
         self.last_seen: dict[str, float] = {}  # device id -> wall time its last connection ended
         self.bt: BtService | None = None
+        self.notices: list[str] = []  # things the user must know about this run (status)
         # reachability (STUN, port mapping, what devices observe) and help from paired devices
         self.nat = NatService(lambda key: self.config.get(key))
         self.assist = PeerAssist(
@@ -141,6 +143,7 @@ class Daemon:
         api_host, _, api_port = (self._api_override or self.config.get("api.address")).rpartition(":")
         check_listen(api_host, self.config.get("api.password"))
         self.events.emit(ev.STARTING, device_id=str(self.device_id))
+        await self._check_index()  # before the model and anything else opens the index
         # the model first: from the moment a listener accepts, every session has its handler
         # (folders finish starting, scans included, in the background)
         self.model = SyncModel(self.config, self.device_id, self.paths.index_db, self.pending_store, events=self.events)
@@ -200,6 +203,20 @@ class Daemon:
         dev = self.config.device(device)
         s = self.sessions.get(device)
         return (dev.name if dev else "") or (s.remote_name if s else "") or device.short
+
+    async def _check_index(self) -> None:
+        """A damaged index.db is moved aside and rebuilt by rescanning: the files on disk are
+        the truth, and peers send their indexes again (their index of ours has a new ID)."""
+        recovered = await asyncio.to_thread(recover_if_damaged, self.paths.index_db, time.time())
+        if recovered is None:
+            return
+        moved, reason = recovered
+        notice = (
+            f"index database was damaged ({reason}); moved aside to {moved.name}, "
+            "started a fresh index: every folder is rescanned and re-synced with its peers"
+        )
+        log.error("%s", notice)
+        self.notices.append(notice)
 
     def _listen_port(self) -> int:
         for listener in self.listeners:
@@ -489,6 +506,7 @@ class Daemon:
             "api": self.api.address if self.api else "",
             "folders": self.folders(),
             "devices": self.devices(),
+            "notices": list(self.notices),
             "nat": self.nat.report(),
             "dht": self.discovery.dht_report() if self.discovery is not None else {"enabled": False},
         }

@@ -44,30 +44,62 @@ class Node:
         self.home = root / f"home-{name}"
         self.home.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.bound: list[str] = []
         self.device_id = self.syncer("id", check=True).stdout.strip()
-        for key, value in [
-            ("discovery.tracker.enabled", "false"),
-            ("discovery.dht.enabled", "false"),
-            ("discovery.lan.enabled", "false"),
-            ("nat.enabled", "false"),
-            ("bt.enabled", "false"),  # BitTorrent tests turn it on
-            ("device.name", name),
-        ]:
-            self.syncer("config", "set", key, value, check=True)
+        self.configure(
+            {
+                "discovery.tracker.enabled": "false",
+                "discovery.dht.enabled": "false",
+                "discovery.lan.enabled": "false",
+                "nat.enabled": "false",
+                "bt.enabled": "false",  # BitTorrent tests turn it on
+                "device.name": name,
+            }
+        )
+
+    def configure(self, settings: dict[str, str]) -> None:
+        """What `syncer config set KEY VALUE` does for each, in this process: one CLI start costs
+        about a second on a loaded 2-core box, and a node needs several. Only while the daemon
+        is stopped (a running one is not told to reload)."""
+        from syncer.config import SETTINGS, edit_config, parse_value
+        from syncer.paths import get_paths
+
+        assert self.proc is None, "configure() is for a stopped daemon; use `syncer config set`"
+        with edit_config(get_paths({"SYNCER_HOME": str(self.home)}).config_file) as cfg:
+            for key, value in settings.items():
+                cfg.set(key, parse_value(SETTINGS[key], [value]))
 
     def syncer(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run_syncer(self.home, *args, check=check, timeout=timeout)
 
-    def start(self, listen: list[str] | None = None, extra_env: dict[str, str] | None = None) -> Node:
+    def start(
+        self, listen: list[str] | None = None, extra_env: dict[str, str] | None = None, wrap: list[str] | None = None,
+        wait: bool = True,
+    ) -> Node:
+        """`wrap`: argv the daemon's command line is appended to (it must exec it, so the pid
+        stays the daemon's), e.g. to run it in a mount namespace of its own. `wait=False`
+        returns once the process is started, before its control API is up."""
         assert self.proc is None
-        args = [SYNCER or "syncer", "run", "--api", "127.0.0.1:0"]
+        args = [*(wrap or []), SYNCER or "syncer", "run", "--api", "127.0.0.1:0"]
         for url in listen or ["tcp://127.0.0.1:0"]:
             args += ["--listen", url]
         env = dict(os.environ, SYNCER_HOME=str(self.home), SYNCER_LOG_LEVEL="DEBUG", **(extra_env or {}))
         self.log = open(self.home / "daemon.log", "ab")
+        with contextlib.suppress(FileNotFoundError):
+            (self.home / "api-address").unlink()  # left by a daemon that was killed
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._ready, 30, f"daemon {self.name} to start")
+        if wait:
+            self.wait_ready()
         return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_until(self._ready, timeout, f"daemon {self.name} to start")
+        self.bound = self.status()["listen"]
+
+    def restart(self, **kwargs: Any) -> Node:
+        """Start again on the addresses the last run was bound to (peers have them as static
+        addresses: a new OS-chosen port would leave them dialing the old one)."""
+        return self.start(listen=self.bound, **kwargs)
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -34,6 +34,30 @@ def tree(root: Path) -> dict[str, Any]:
     return out
 
 
+def tree_diff(got: dict[str, Any], want: dict[str, Any], limit: int = 10) -> str:
+    """What differs between two trees, briefly (for failure messages)."""
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    changed = sorted(n for n in set(got) & set(want) if got[n] != want[n])
+    parts = [f"{label} {len(names)}: {names[:limit]}" for label, names in
+             (("missing", missing), ("extra", extra), ("different", changed)) if names]
+    return "; ".join(parts) or "identical"
+
+
+def wait_tree(root: Path, want: dict[str, Any], timeout: float = 90, what: str = "tree as expected") -> None:
+    """Wait until `root` holds exactly `want`; on timeout the message says what differs."""
+    last: list[dict[str, Any]] = [{}]
+
+    def ok() -> bool:
+        last[0] = tree(root)
+        return last[0] == want
+
+    try:
+        wait_until(ok, timeout, what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {root.name} vs expected: {tree_diff(last[0], want)}") from None
+
+
 def share(node: Node, path: Path, folder_id: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
     node.syncer("share", str(path), "--id", folder_id, check=True)

@@ -121,7 +121,8 @@ class DaemonControl:
         items = [
             {**r, "loser": f.model.short_name(int(r["loser"])) if r["loser"] is not None else None,
              "winner": f.model.short_name(int(r["winner"])) if r["winner"] is not None else None,
-             "name": r["name"] or original_of(str(r["copy"]))}
+             "name": r["name"] or original_of(str(r["copy"])),
+             "original": r["name"] or original_of(str(r["copy"]))}
             for r in rows[offset : offset + limit]
         ]
         return {"folder": fid, "offset": offset, "items": items, "more": len(rows) > offset + limit}

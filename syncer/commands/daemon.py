@@ -117,6 +117,8 @@ def status(json: bool = common.JsonOption) -> None:
     c.print(f"device {data['device_id']} ({data['name']}), pid {data['pid']}, up {common.format_duration(data['uptime_s'])}")
     c.print(_service_line(), highlight=False, markup=False)
     c.print("listening on " + ", ".join(data["listen"]) + f"; API {data['api']}")
+    for notice in data.get("notices", []):
+        c.print(f"notice: {notice}", markup=False, highlight=False)
     if data.get("folders"):
         t = Table("folder", "label", "state", "complete", "need", "path")
         for f in data["folders"]:

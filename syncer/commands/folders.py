@@ -41,7 +41,10 @@ def _scan_with_progress(root: Path, folder_id: str, allow_mass_delete: bool = Tr
             result = scanner.scan(
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
                 allow_mass_delete=allow_mass_delete,
+                on_batch=lambda stored: None,  # counted, not kept: a folder may hold millions
             )
+            if result.changed_count or result.deleted_count:
+                db.invalidate_need(folder_id)  # the daemon recomputes it when it starts
         finally:
             db.close()
     for name, msg in result.errors:

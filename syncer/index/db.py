@@ -8,8 +8,10 @@ only what changed after S. One IndexDB per thread (sqlite3 connections are not s
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -36,6 +38,37 @@ _COLUMNS = "name, type, size, mtime_ns, permissions, block_size, blocks, symlink
 
 class IndexError_(SyncerError):
     pass
+
+
+class CorruptIndex(IndexError_):
+    """The database file is damaged: not a database, malformed or missing pages."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(
+            f"index database {path} is damaged ({reason}); the daemon moves it aside and "
+            "rebuilds the index from the folders when it starts"
+        )
+        self.reason = reason
+
+
+# SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB (a locked,
+# busy or read-only database is not damaged)
+_CORRUPT_CODES = frozenset({11, 26})
+SQLITE_MAGIC = b"SQLite format 3\x00"
+CORRUPT_SUFFIX = ".corrupt-"
+
+
+def is_corruption(e: BaseException) -> bool:
+    """Does this error mean the database file itself is damaged?"""
+    if isinstance(e, CorruptIndex):
+        return True
+    if not isinstance(e, sqlite3.DatabaseError):
+        return False
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES  # extended codes carry the primary in the low byte
+    text = str(e)
+    return "malformed" in text or "not a database" in text
 
 
 def encode_version(v: VersionVector) -> bytes:
@@ -112,12 +145,37 @@ class IndexDB:
             private_file(self.path, "-wal", "-shm")  # 0600; SQLite gives -wal/-shm the same mode
         try:
             self.conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        except sqlite3.Error as e:
+            raise IndexError_(f"index database {path}: {e}") from None
+        try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA busy_timeout=30000")
             self._migrate()
         except sqlite3.DatabaseError as e:
+            self.conn.close()
+            if is_corruption(e):
+                raise CorruptIndex(path, str(e)) from None
             raise IndexError_(f"index database {path}: {e}") from None
+
+    def check(self) -> None:
+        """Raise CorruptIndex unless the file is whole and its b-trees are sound.
+
+        Cost: `PRAGMA quick_check` reads every page once (no index-vs-table cross check):
+        0.11 s for an 80 MB index of 200,000 files with a warm page cache, so about 0.6 s for a
+        million files -- a fraction of the start-up scan, which reads every local row anyway. The
+        daemon runs it once per start, not per connection."""
+        if str(self.path) != ":memory:":
+            _check_header(self.path)
+        try:
+            rows = self.conn.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as e:
+            if is_corruption(e):
+                raise CorruptIndex(self.path, str(e)) from None
+            raise IndexError_(f"index database {self.path}: {e}") from None
+        if rows != [("ok",)]:
+            detail = " ".join(str(rows[0][0]).split()) if rows else "no result"
+            raise CorruptIndex(self.path, detail[:200])
 
     def close(self) -> None:
         self.conn.close()
@@ -362,6 +420,23 @@ class IndexDB:
                     out[r[0]] = r[1:]
         return out
 
+    def scan_rows(self, folder: str, lo: str, hi: str | None, step: int = 4096) -> Iterator[tuple[str, int, int, int, int, int, int, str]]:
+        """The slim local rows of the scanner (name, type, size, mtime_ns, permissions, inode,
+        deleted, symlink_target) with lo <= name < hi, in name order, a page at a time: a
+        scan of a million files never holds them all (and no read transaction stays open while
+        it writes)."""
+        cols = "SELECT name, type, size, mtime_ns, permissions, inode, deleted, symlink_target FROM files WHERE folder=? AND device=?"
+        after, op = lo, ">="
+        while True:
+            if hi is None:
+                rows = self.conn.execute(cols + f" AND name{op}? ORDER BY name LIMIT ?", (folder, LOCAL, after, step)).fetchall()
+            else:
+                rows = self.conn.execute(cols + f" AND name{op}? AND name<? ORDER BY name LIMIT ?", (folder, LOCAL, after, hi, step)).fetchall()
+            yield from rows
+            if len(rows) < step:
+                return
+            after, op = rows[-1][0], ">"
+
     def get_many(self, folder: str, device: bytes, names: Iterable[str]) -> dict[str, FileInfo]:
         out: dict[str, FileInfo] = {}
         names = list(names)
@@ -487,6 +562,11 @@ class IndexDB:
 
         self._write(work)
 
+    def invalidate_need(self, folder: str) -> None:
+        """Local rows changed without the need being kept up to date (a scan by the CLI while
+        no daemon ran): the daemon recomputes it when it starts the folder."""
+        self._write(lambda c: c.execute("DELETE FROM need_basis WHERE folder=?", (folder,)))
+
     def need_basis(self, folder: str) -> bytes | None:
         r = self.conn.execute("SELECT devices FROM need_basis WHERE folder=?", (folder,)).fetchone()
         return bytes(r[0]) if r else None
@@ -596,3 +676,71 @@ _NEED_COLUMNS = "name, kind, size, conflict, source, holders, version, error, fa
 def _need_row(r: tuple) -> NeedRow:
     h = bytes(r[5])
     return NeedRow(r[0], r[1], r[2], bool(r[3]), bytes(r[4]), tuple(h[i : i + 32] for i in range(0, len(h), 32)), bytes(r[6]), r[7], r[8], r[9], r[10])
+
+
+def _check_header(path: Path) -> None:
+    """The 100-byte header: SQLite's magic, and a file at least as long as the page count it
+    records (a truncated copy opens fine and fails only when a missing page is read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return
+    if not head:
+        return  # empty: SQLite makes a new database of it
+    if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
+        raise CorruptIndex(path, "file is not a database")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    # the in-header page count is valid only if written by the same change as the counter
+    valid = head[24:28] == head[92:96] and pages > 0
+    if valid and size < pages * page_size and not _has_wal(path):
+        raise CorruptIndex(path, f"truncated: {size} bytes, its header says {pages} pages of {page_size}")
+
+
+def _has_wal(path: Path) -> bool:
+    # a crash during a checkpoint can leave the new header written before the pages after it;
+    # the write-ahead log still holds them and SQLite replays it on open
+    try:
+        return os.path.getsize(f"{path}-wal") > 0
+    except OSError:
+        return False
+
+
+def move_aside(path: Path, now: float) -> Path:
+    """Rename a damaged database, with its -wal and -shm files, to
+    `index.db.corrupt-YYYYMMDD-HHMMSS` (kept for inspection, never deleted); returns the new
+    name of the main file."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    base = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}")
+    n = 1
+    while base.exists():
+        base = path.with_name(f"{path.name}{CORRUPT_SUFFIX}{stamp}-{n}")
+        n += 1
+    # the log first: a crash in between must not leave the old log next to a new database
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            os.replace(side, f"{base}{suffix}")
+    os.replace(path, base)
+    return base
+
+
+def recover_if_damaged(path: Path, now: float) -> tuple[Path, str] | None:
+    """Check the database at `path` (creating it if missing). If it is damaged, move it aside
+    and create a fresh one; returns (where the damaged file went, what was wrong), else None.
+    Only for the daemon, before anything else opens the file."""
+    try:
+        db = IndexDB(path)
+        try:
+            db.check()
+        finally:
+            db.close()
+        return None
+    except CorruptIndex as e:
+        reason = e.reason
+    moved = move_aside(path, now)
+    IndexDB(path).close()
+    return moved, reason

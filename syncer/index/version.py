@@ -39,9 +39,12 @@ class VersionVector(tuple[tuple[int, int], ...]):  # (device short id, counter) 
                 return c
         return 0
 
-    def update(self, device: int) -> VersionVector:
+    def update(self, device: int, floor: int = 0) -> VersionVector:
+        """Our counter + 1, or `floor` if higher. With the wall clock in seconds as the floor
+        (as Syncthing does), a device that lost its index still makes versions newer than those
+        its peers hold from before the loss, instead of restarting at 1 below them."""
         counters = dict(self)
-        counters[device] = counters.get(device, 0) + 1
+        counters[device] = max(counters.get(device, 0) + 1, floor)
         return VersionVector(tuple(sorted(counters.items())))
 
     def merge(self, other: VersionVector) -> VersionVector:

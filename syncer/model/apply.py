@@ -96,7 +96,8 @@ def apply_batch(
     versions: safe_write.Versions | None = None,
 ) -> Outcome:
     """`finished`: (global, local, conflict, loser_short) for files whose temp file is complete;
-    `others`: (global, local) for directories, symlinks and deletions."""
+    `others`: (global, local) for directories, symlinks, deletions and files whose content we
+    already have (only their metadata changes)."""
     out = Outcome([], [], [], [])
     if finished:
         fs.sync()
@@ -169,7 +170,18 @@ def _apply_other(fs: FolderFS, glob: FileInfo, local: FileInfo | None, now: floa
                 fs.unlink(name)
         out.applied.append(glob)
         return
-    if glob.type == FileType.DIRECTORY:
+    if glob.type == FileType.FILE:
+        # same content as our copy (Need.METADATA): adopt the metadata in place, no rewrite
+        if st is None or not on_disk_matches(fs, local, name, st):
+            out.retry.append(name)  # changed here and not yet scanned: the scan decides
+            return
+        mode = safe_write.final_mode(glob.permissions)
+        if stat.S_IMODE(st.st_mode) != mode:
+            fs.chmod(name, mode)
+        if st.st_mtime_ns != glob.mtime_ns:
+            fs.utime(name, glob.mtime_ns)
+        out.applied.append(with_disk_identity(fs, glob))
+    elif glob.type == FileType.DIRECTORY:
         if st is not None and not stat.S_ISDIR(st.st_mode):
             if not on_disk_matches(fs, local, name, st):
                 out.retry.append(name)

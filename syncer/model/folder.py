@@ -101,9 +101,28 @@ class _Intake:
 
 @dataclass
 class _Changes:
+    """Need changes for the puller, condensed once there are many (a first index or scan of a
+    big folder): then only the changes of names it is working on are kept, plus a restart of its
+    pass from the smallest changed key (the rest it reads from the DB anyway): never a million
+    changes in memory at once."""
+
     changes: list[NeedChange]
     restart: bool = False
     restart_key: OrderKey | None = None
+
+    def add(self, changes: list[NeedChange], jobs: set[str]) -> None:
+        if not self.restart and len(self.changes) + len(changes) <= MANY_CHANGES:
+            self.changes += changes
+            return
+        if not self.restart:
+            changes = self.changes + changes
+            self.changes = []
+            self.restart = True
+        self.changes += [c for c in changes if c.name in jobs]
+        keys = [c.key for c in changes if c.key is not None]
+        if keys:
+            low = min(keys)
+            self.restart_key = low if self.restart_key is None else min(self.restart_key, low)
 
 
 def retry_delay(failures: int, disk: bool = False) -> float:
@@ -244,22 +263,31 @@ class FolderRuntime:
                 if recomputed:
                     log.info("folder %s: ignore rules changed; need recomputed", self.id)
             progress = self.model.events.progress("FolderScanProgress", folder=self.id)
-            result = self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete, progress=progress)
-            names = [f.name for f in result.changed] + [f.name for f in result.deleted]
-            if names and self.cfg.type == "receive-only":
-                foldertype.mark_local_changes(self.db, self.id, devices, names)
-            changes = self.need.recompute(self.db, devices, names, self.policy()) if names else []
-            condensed = self._condense(changes, jobs)
+            condensed = _Changes([])
+            policy = self.policy()
+            receive_only = self.cfg.type == "receive-only"
+
+            def on_batch(stored: list[FileInfo]) -> None:
+                # each batch the scanner records: the need of those names, the serving cache,
+                # the event; the scan itself holds no list of the folder's files
+                names = [f.name for f in stored]
+                if receive_only:
+                    foldertype.mark_local_changes(self.db, self.id, devices, names)
+                condensed.add(self.need.recompute(self.db, devices, names, policy), jobs)
+                self.storage.forget(names)
+                self.model.events.changes(self.id, stored)
+
+            result = self.scanner.scan(paths, allow_mass_delete=self.confirm_mass_delete, progress=progress, on_batch=on_batch)
             if recomputed:
                 condensed.restart, condensed.restart_key = True, None
-            return result, names, condensed
+            return result, condensed
 
         started = self.clock.monotonic()
         prev = self.state
         if self.state in ("idle", "starting"):
             self.state = "scanning"
         try:
-            result, names, changes = await self.run_in_worker(do_scan)
+            result, changes = await self.run_in_worker(do_scan)
         except MassDelete as e:
             self.state, self.error = "paused", str(e)
             log.error("folder %s: %s", self.id, e)
@@ -274,20 +302,18 @@ class FolderRuntime:
             self.state = prev if prev != "starting" else "idle"
         if self.state in ("stopped", "paused"):
             self.state, self.error = "idle", ""
-        self.model.events.changes(self.id, list(result.changed) + list(result.deleted))
         self.model.events.emit(
-            "FolderScanned", folder=self.id, changed=len(result.changed), deleted=len(result.deleted),
+            "FolderScanned", folder=self.id, changed=result.changed_count, deleted=result.deleted_count,
             errors=len(result.errors), duration=self.clock.monotonic() - started,
         )
         for name, msg in result.errors:
             log.warning("folder %s: cannot scan %s: %s", self.id, name, msg)
         if result.temp_files:
             await self._drop_stale_temps(result.temp_files, self.clock.time())
-        if names:
-            self.storage.forget(names)
+        if result.changed_count or result.deleted_count:
             self._index_changed()
         self._need_changed(changes)
-        return {"folder": self.id, "changed": len(result.changed), "deleted": len(result.deleted), "errors": len(result.errors)}
+        return {"folder": self.id, "changed": result.changed_count, "deleted": result.deleted_count, "errors": len(result.errors)}
 
     async def _drop_stale_temps(self, temps: list[tuple[str, float]], now: float) -> None:
         """Remove download temp files left by a crash or an abandoned download: untouched for
@@ -529,13 +555,9 @@ class FolderRuntime:
 
     @staticmethod
     def _condense(changes: list[NeedChange], jobs: set[str]) -> _Changes:
-        """A huge change set (a first index of a big folder) goes to the puller as the changes
-        of names it is working on plus a restart of its pass from the smallest changed key (the
-        rest it reads from the DB anyway): never a million changes in memory at once."""
-        if len(changes) <= MANY_CHANGES:
-            return _Changes(changes)
-        keys = [c.key for c in changes if c.key is not None]
-        return _Changes([c for c in changes if c.name in jobs], True, min(keys) if keys else None)
+        out = _Changes([])
+        out.add(changes, jobs)
+        return out
 
     def _need_changed(self, changes: _Changes) -> None:
         if changes.changes:

@@ -5,13 +5,18 @@ the one no other version dominates; between concurrent versions (a conflict) the
 newer modification time, then the higher device short id, exactly as every device computes it,
 so all devices agree without talking. A deletion never beats a concurrent modification: losing
 data is worse than resurrecting a file.
+
+A newer version with the same content as ours (a touch, a chmod, or the same file scanned by two
+devices whose histories do not know each other, e.g. after an index database was rebuilt) moves
+no data: we adopt its version vector and metadata in place, with no download, no rewrite, no
+archived copy and no conflict.
 """
 
 from __future__ import annotations
 
 from enum import Enum
 
-from syncer.index.fileinfo import FileInfo
+from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import Ordering
 
 
@@ -34,6 +39,7 @@ class Need(Enum):
     NOTHING = "nothing"
     APPLY = "apply"  # the global version replaces ours
     CONFLICT = "conflict"  # ours is concurrent and loses: keep it as a conflict copy, then apply
+    METADATA = "metadata"  # same content as ours: adopt the global version and metadata in place
 
 
 def need(local: FileInfo | None, glob: FileInfo | None) -> Need:
@@ -42,10 +48,10 @@ def need(local: FileInfo | None, glob: FileInfo | None) -> Need:
     if local is None:
         return Need.NOTHING if glob.deleted else Need.APPLY
     order = glob.version.compare(local.version)
-    if order is Ordering.GREATER:
-        return Need.APPLY
-    if order is Ordering.CONCURRENT and _beats(glob, local):
-        if local.deleted or glob.deleted or same_content(local, glob):
+    if order is Ordering.GREATER or (order is Ordering.CONCURRENT and _beats(glob, local)):
+        if glob.type == FileType.FILE and not glob.deleted and same_content(local, glob):
+            return Need.METADATA
+        if order is Ordering.GREATER or local.deleted or glob.deleted or same_content(local, glob):
             return Need.APPLY
         return Need.CONFLICT
     return Need.NOTHING

@@ -163,8 +163,10 @@ class NeedIndex:
                 prev = old.get(name)
                 keep = prev is not None and prev.version == version and prev.source in holders
                 skip = policy.skip(name, glob, n, local)
+                # same content as ours (Need.METADATA): nothing to fetch, applied like a directory
+                kind, size = (NEED_OTHER, 0) if n is Need.METADATA else (kind_of(glob), glob.size if not glob.deleted else 0)
                 row = NeedRow(
-                    name, kind_of(glob), glob.size if not glob.deleted else 0, n is Need.CONFLICT, source, holders, version,
+                    name, kind, size, n is Need.CONFLICT, source, holders, version,
                     prev.error if keep and prev else "", prev.failures if keep and prev else 0, prev.retry_at if keep and prev else 0.0,
                     skip,
                 )
