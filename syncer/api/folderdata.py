@@ -2,8 +2,9 @@
 versions trash can, and restoring a version (the conflict inbox is the folder runtime's).
 
 Everything is paged and bounded: a folder may hold 1,000,000 files. The need list is walked in
-the engine's own order (no sort, no copy); the versions directory is walked lazily. File access under the folder root never follows a symlink
-(each component is opened with O_NOFOLLOW relative to its parent)."""
+the engine's own order (no sort, no copy); the versions directory is walked lazily. File access
+under the folder root never follows a symlink (each component is opened with O_NOFOLLOW relative
+to its parent)."""
 
 from __future__ import annotations
 

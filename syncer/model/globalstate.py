@@ -14,6 +14,7 @@ archived copy and no conflict.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
 
 from syncer.index.fileinfo import FileInfo, FileType
@@ -33,6 +34,14 @@ def _beats(a: FileInfo, b: FileInfo) -> bool:
     if a.mtime_ns != b.mtime_ns:
         return a.mtime_ns > b.mtime_ns
     return a.modified_by > b.modified_by
+
+
+def global_version(candidates: Iterable[FileInfo]) -> FileInfo | None:
+    best: FileInfo | None = None
+    for f in candidates:
+        if best is None or _beats(f, best):
+            best = f
+    return best
 
 
 class Need(Enum):
