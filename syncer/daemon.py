@@ -46,6 +46,7 @@ from syncer.peer.connections import ConnInfo, preferred
 from syncer.peer.session import PeerSession, SessionClosed
 from syncer.pending import PendingStore
 from syncer.relay.client import RelayTransport
+from syncer.runtime.tasks import TaskSet
 
 log = logging.getLogger("syncer.daemon")
 
@@ -87,7 +88,7 @@ class Daemon:
         self.config: Config = load_config(paths.config_file)
         self._listen_override = listen
         self._api_override = api
-        self.transports = {"tcp": TcpTransport(self.identity), "quic": QuicTransport(self.identity)}
+        self.transports: dict[str, TcpTransport | QuicTransport] = {"tcp": TcpTransport(self.identity), "quic": QuicTransport(self.identity)}
         self.relays: dict[str, RelayTransport] = {}
         self.responders: list[PunchResponder] = []
         self.upgrades: dict[DeviceId, UpgradePolicy] = {}
@@ -100,7 +101,7 @@ class Daemon:
         self.started = time.time()
         self._stop = asyncio.Event()
         self._wake_dialer = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(lambda exc: log.error("internal task failed", exc_info=exc))
         self.api: ApiServer | None = None
         self.model: SyncModel | None = None
         self.discovery: DiscoveryService | None = None
@@ -166,7 +167,7 @@ class Daemon:
         os.replace(tmp, self.paths.api_address_file)
         log.info("control API on %s", address)
         for url in self.config.get("relays"):
-            self._spawn(self._use_relay(url))
+            self._tasks.spawn(self._use_relay(url))
         self._start_nat()
         await self._start_discovery()
         if self.config.get("bt.enabled"):
@@ -176,8 +177,8 @@ class Daemon:
             except (OSError, SyncerError) as e:
                 log.warning("BitTorrent unavailable: %s", e)
                 self.bt = None
-        self._spawn(self._dial_loop())
-        self._spawn(self.invites.run())
+        self._tasks.spawn(self._dial_loop())
+        self._tasks.spawn(self.invites.run())
 
     def _start_nat(self) -> None:
         quic = next((lst for lst in self.listeners if isinstance(lst, QuicListener)), None)
@@ -301,8 +302,7 @@ class Daemon:
         for relay in self.relays.values():
             with contextlib.suppress(Exception):
                 await relay.close()
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel()
         for s in list(self.sessions.values()):
             await s.close("daemon shutting down")
         for listener in self.listeners:
@@ -315,17 +315,6 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.pending_store.flush()
         log.info("stopped")
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal task failed", exc_info=task.exception())
 
     # connections -------------------------------------------------------------
     async def _on_inbound(self, stream: Stream) -> None:
@@ -439,7 +428,7 @@ class Daemon:
                     if not attempts:
                         continue
                 self.dialing.add(device)
-                self._spawn(self._dial(device, attempts))
+                self._tasks.spawn(self._dial(device, attempts))
             self._wake_dialer.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake_dialer.wait(), DIAL_TICK)

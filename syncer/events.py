@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from syncer.model.conflicts import is_conflict_copy, original_of
+
 DEFAULT_CAPACITY = 10_000
 MAX_ITEMS_PER_EVENT = 100  # names listed in one change event; the count is always exact
 PROGRESS_INTERVAL = 0.5  # seconds between two progress events of one source
-CONFLICT_MARKER = ".sync-conflict-"  # as model.conflicts.MARKER (that module is the engine's)
 
 # The event types, and what their data holds (docs/api.md has the full list).
 STARTING = "Starting"  # {device_id}
@@ -179,8 +180,8 @@ class EventLog:
             deleted = bool(f.deleted)
             if len(items) < MAX_ITEMS_PER_EVENT:
                 items.append({"name": f.name, "type": _type_name(f.type), "action": "deleted" if deleted else "modified"})
-            if CONFLICT_MARKER in f.name.rpartition("/")[2]:
-                conflicts.append((f.name, conflict_original(f.name), deleted))
+            if is_conflict_copy(f.name):
+                conflicts.append((f.name, original_of(f.name), deleted))
         if not count:
             return
         if device is None:
@@ -201,8 +202,8 @@ class EventLog:
         """Files applied (FileInfos as stored in the local index) and (name, error) failures."""
         for f in stored:
             self.emit(ITEM_FINISHED, folder=folder, item=f.name, action="delete" if f.deleted else "update", error=None)
-            if not f.deleted and CONFLICT_MARKER in f.name.rpartition("/")[2]:
-                self.emit(CONFLICT_CREATED, folder=folder, item=f.name, original=conflict_original(f.name))
+            if not f.deleted and is_conflict_copy(f.name):
+                self.emit(CONFLICT_CREATED, folder=folder, item=f.name, original=original_of(f.name))
         for name, err in errors:
             self.emit(ITEM_FINISHED, folder=folder, item=name, action="update", error=str(err))
 
@@ -240,13 +241,6 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 def _type_name(t: Any) -> str:
     return {0: "file", 1: "directory", 2: "symlink"}.get(int(t), "file")
-
-
-def conflict_original(name: str) -> str:
-    """`dir/a.sync-conflict-20250101-101010-ABCDEFG.txt` -> `dir/a.txt`."""
-    from syncer.model.conflicts import original_of
-
-    return original_of(name)
 
 
 def parse_types(raw: str) -> frozenset[str] | None:

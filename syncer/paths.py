@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +120,9 @@ class Paths:
         return self
 
 
-def get_paths(env: dict[str, str] | None = None) -> Paths:
-    env = os.environ if env is None else env
+def get_paths(env: Mapping[str, str] | None = None) -> Paths:
+    if env is None:
+        env = os.environ
     home = env.get("SYNCER_HOME")
     if home:
         root = Path(home).expanduser().absolute()

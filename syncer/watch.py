@@ -15,8 +15,13 @@ import time
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from syncer.ignore import always_ignored
+
+if TYPE_CHECKING:  # watchdog is imported when a watcher starts
+    from watchdog.observers.api import BaseObserver
+    from watchdog.observers.inotify_c import Mask
 
 DEFAULT_DELAY = 0.1
 MAX_DELAY_FACTOR = 10
@@ -82,7 +87,7 @@ def _wanted_events() -> list[type]:
     return [getattr(ev, n) for n in names if hasattr(ev, n)]
 
 
-def _observer(modify_events: bool):  # type: ignore[no-untyped-def]
+def _observer(modify_events: bool) -> BaseObserver:
     """A watchdog observer; on Linux one whose inotify mask we choose.
 
     Content changes are taken from IN_CLOSE_WRITE (the writer closed the file), not from
@@ -105,8 +110,8 @@ def _observer(modify_events: bool):  # type: ignore[no-untyped-def]
         mask |= C.IN_MODIFY
 
     class Emitter(InotifyEmitter):
-        def get_event_mask_from_filter(self):  # type: ignore[no-untyped-def]
-            return mask
+        def get_event_mask_from_filter(self) -> Mask:
+            return cast("Mask", mask)  # watchdog's NewType for the int it ORs together
 
     return BaseObserver(Emitter, timeout=DEFAULT_OBSERVER_TIMEOUT)
 
@@ -129,7 +134,7 @@ class FolderWatcher:
         self.loop = loop or asyncio.get_event_loop()
         self.agg = Aggregator(delay)
         self._wake = asyncio.Event()
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self._lock = threading.Lock()
         self._incoming: list[str] = []  # paths from the watchdog thread, not yet handed over
 
@@ -146,13 +151,13 @@ class FolderWatcher:
                     if rel is not None:
                         watcher._hand_over(rel)
 
-        self._observer = _observer(self.modify_events)
+        observer = self._observer = _observer(self.modify_events)
         try:
-            self._observer.schedule(Handler(), str(self.root), recursive=True, event_filter=_wanted_events())
+            observer.schedule(Handler(), str(self.root), recursive=True, event_filter=_wanted_events())
         except TypeError:  # watchdog < 4 has no event_filter
-            self._observer.schedule(Handler(), str(self.root), recursive=True)
-        self._observer.daemon = True
-        self._observer.start()
+            observer.schedule(Handler(), str(self.root), recursive=True)
+        observer.daemon = True
+        observer.start()
 
     def stop(self) -> None:
         if self._observer is not None:

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
-from syncer.transfer.choker import RECHOKE_INTERVAL, Choker
-from syncer.transfer.choker import PeerStats as ChokeStats
+from syncer.transfer.choker import RECHOKE_INTERVAL, Choker, ChokeStats
 from syncer.transfer.puller import (
     KIND_FILE,
     AbortJob,

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from syncer import events as ev
-from syncer.events import EventLog, conflict_original
+from syncer.events import EventLog
+from syncer.model.conflicts import original_of
 from tests.apihelp import Api
 from tests.daemons import cluster, wait_until
 
@@ -133,8 +134,8 @@ def test_change_helpers_report_conflicts() -> None:
     ]
     last = log.since(4)[0].data
     assert last["count"] == 500 and len(last["items"]) == ev.MAX_ITEMS_PER_EVENT
-    assert conflict_original("d/b.sync-conflict-20250101-101010-ABCDEFG.txt") == "d/b.txt"
-    assert conflict_original("Makefile.sync-conflict-20250101-101010-ABCDEFG") == "Makefile"
+    assert original_of("d/b.sync-conflict-20250101-101010-ABCDEFG.txt") == "d/b.txt"
+    assert original_of("Makefile.sync-conflict-20250101-101010-ABCDEFG") == "Makefile"
 
 
 # --- the endpoint of a real daemon -----------------------------------------------------------

@@ -1,10 +1,10 @@
 import random
 
-from syncer.transfer.choker import Choker, PeerStats
+from syncer.transfer.choker import Choker, ChokeStats
 
 
-def stats(rates: dict[str, float], interested: bool = True, **kw) -> dict[str, PeerStats]:
-    return {p: PeerStats(interested, r, 0.0, **kw) for p, r in rates.items()}
+def stats(rates: dict[str, float], interested: bool = True, **kw) -> dict[str, ChokeStats]:
+    return {p: ChokeStats(interested, r, 0.0, **kw) for p, r in rates.items()}
 
 
 def test_tit_for_tat_regular_slots_go_to_best_uploaders():
@@ -42,9 +42,9 @@ def test_unlimited_peers_always_unchoked_without_a_slot():
 def test_seeding_ranks_by_upload_rate():
     c = Choker(slots=2, rng=random.Random(0))
     peers = {
-        "fast": PeerStats(True, 0, 900),
-        "slow": PeerStats(True, 0, 10),
-        "mid": PeerStats(True, 0, 100),
+        "fast": ChokeStats(True, 0, 900),
+        "slow": ChokeStats(True, 0, 10),
+        "mid": ChokeStats(True, 0, 100),
     }
     d = c.rank(peers, 0, seeding=True)
     assert "fast" in d.unchoked and len(d.unchoked) == 2

@@ -1,3 +1,5 @@
+import pytest
+
 from syncer.transfer.ratelimit import TokenBucket
 from syncer.transfer.rates import RateMeter
 
@@ -35,3 +37,11 @@ def test_token_bucket_limits_average_rate():
 def test_unlimited_bucket_never_waits():
     b = TokenBucket(rate=0)
     assert all(b.take(10**9, float(t)) == 0 for t in range(5))
+
+
+def test_token_bucket_allows_a_burst_then_the_rate():
+    """The relay's pipe cap (relay/server.py) is this bucket with an explicit burst."""
+    b = TokenBucket(rate=1000, burst=500)
+    assert b.take(500, now=0) == 0
+    assert b.take(100, now=0) == pytest.approx(0.1)
+    assert b.take(100, now=1.0) == 0  # refilled (capped at the burst)

@@ -20,7 +20,7 @@ from syncer.relay import protocol as p
 from syncer.relay.client import RelayTransport
 from syncer.relay.rendezvous import PunchLimit, Rendezvous
 from syncer.relay.server import RelayLimits, RelayServer
-from syncer.relay.sessions import SessionRefused, SessionTable, TokenBucket
+from syncer.relay.sessions import SessionRefused, SessionTable
 from tests.transport_conformance import read_exactly, read_to_eof
 
 A = DeviceId(bytes(range(32)))
@@ -103,13 +103,6 @@ def test_sessions_pair_only_the_invited_device_once_and_in_time() -> None:
     assert e.value.code == p.LIMIT
     t.close(s.token)
     assert (t.active, t.pending) == (0, 1)
-
-
-def test_token_bucket_allows_a_burst_then_the_rate() -> None:
-    b = TokenBucket(rate=1000, burst=500)
-    assert b.take(500, now=0) == 0
-    assert b.take(100, now=0) == pytest.approx(0.1)
-    assert b.take(100, now=1.0) == 0  # refilled (capped at the burst)
 
 
 def test_rendezvous_pairs_fresh_binds_only() -> None:

@@ -66,3 +66,27 @@ def test_backoff_doubles():
     asyncio.run(main())
     gaps = [b - a for a, b in zip(runs, runs[1:], strict=False)]
     assert gaps == [MIN_BACKOFF, 2 * MIN_BACKOFF, 4 * MIN_BACKOFF, 8 * MIN_BACKOFF]
+
+
+def test_a_task_set_keeps_its_tasks_and_reports_each_failure():
+    from syncer.runtime.tasks import TaskSet
+
+    async def main() -> None:
+        failures: list[BaseException] = []
+        tasks = TaskSet(failures.append)
+        gate = asyncio.Event()
+
+        async def fails() -> None:
+            raise ValueError("boom")
+
+        waiting = tasks.spawn(gate.wait())
+        failing = tasks.spawn(fails())
+        await asyncio.gather(failing, return_exceptions=True)
+        await asyncio.sleep(0)  # done callbacks run on the next loop turn
+        assert [str(e) for e in failures] == ["boom"]
+        assert list(tasks) == [waiting]
+        tasks.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        assert waiting.cancelled() and len(tasks) == 0 and len(failures) == 1  # a cancel is no failure
+
+    asyncio.run(main())

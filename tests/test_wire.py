@@ -281,3 +281,17 @@ def test_fuzz_valid_prefix_then_garbage(msgs, garbage):
 def test_round_trip_random_files(wf):
     m = IndexUpdate("folder", [wf])
     assert FrameDecoder().feed(encode(m)) == [m]
+
+
+def test_the_package_exports_every_message_and_limit():
+    """syncer.wire's __all__ is a literal (so type checkers see the exports): it must name every
+    public name of messages.py, or a new message would be missing from `from syncer.wire import`."""
+    import types
+
+    import syncer.wire
+    import syncer.wire.messages as messages
+
+    public = {n for n, v in vars(messages).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    public -= {"annotations", "Annotated"}  # what messages.py itself imports
+    assert public <= set(syncer.wire.__all__)
+    assert all(hasattr(syncer.wire, n) for n in syncer.wire.__all__)

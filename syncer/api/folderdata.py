@@ -1,10 +1,10 @@
 """What the REST API shows of a folder's contents: the need list with a reason per item, the
-conflict copies in the local index, the versions trash can, and restoring a version.
+versions trash can, and restoring a version (the conflict inbox is the folder runtime's).
 
 Everything is paged and bounded: a folder may hold 1,000,000 files. The need list is walked in
-the engine's own order (no sort, no copy); conflicts come from SQLite with LIMIT/OFFSET; the
-versions directory is walked lazily. File access under the folder root never follows a symlink
-(each component is opened with O_NOFOLLOW relative to its parent)."""
+the engine's own order (no sort, no copy); the versions directory is walked lazily. File access
+under the folder root never follows a symlink (each component is opened with O_NOFOLLOW relative
+to its parent)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from syncer.errors import FolderError
-from syncer.events import CONFLICT_MARKER, conflict_original
 from syncer.fs import layout
 
 MAX_PAGE = 1000
@@ -42,21 +41,6 @@ def need_page(db: Any, folder: Any, prefix: str, offset: int, limit: int) -> dic
     rows = db.need_list(folder.id, prefix, offset, limit + 1)
     need, skipped = db.totals(folder.id, "need"), db.totals(folder.id, "skipped")
     return {"folder": folder.id, "total": need[0] + skipped[0], "offset": offset, "rows": rows[:limit], "more": len(rows) > limit}
-
-
-def conflicts_page(db: Any, folder_id: str, offset: int, limit: int) -> dict[str, Any]:
-    """Conflict copies (`*.sync-conflict-*`) present in the local index."""
-    rows = db.conn.execute(
-        "SELECT name, size, mtime_ns, modified_by FROM files WHERE folder=? AND device=? AND deleted=0 "
-        "AND type=0 AND instr(name, ?) > 0 ORDER BY name LIMIT ? OFFSET ?",
-        (folder_id, bytes(32), CONFLICT_MARKER, limit + 1, offset),
-    ).fetchall()
-    items = [
-        {"name": n, "original": conflict_original(n), "size": s, "mtime": m / 1e9}
-        for n, s, m, _ in rows[:limit]
-        if CONFLICT_MARKER in n.rpartition("/")[2]
-    ]
-    return {"folder": folder_id, "offset": offset, "items": items, "more": len(rows) > limit}
 
 
 # --- versions -------------------------------------------------------------------------------

@@ -477,8 +477,7 @@ class ApiServer:
         except OSError as e:
             await self._runner.cleanup()
             raise SyncerError(f"cannot listen for the control API on {host}:{port}: {e.strerror or e}") from None
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        h, p = sock.getsockname()[:2]
+        h, p = self._runner.addresses[0][:2]  # the one site's socket
         # where this machine's clients and browsers reach it (a wildcard bind means loopback too)
         h = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(h, h)
         self.address = f"http://{h if ':' not in h else f'[{h}]'}:{p}"

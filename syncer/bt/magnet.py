@@ -54,7 +54,8 @@ def parse_hostport(v: str) -> tuple[str, int]:
 
 
 def format_ranges(indices: frozenset[int]) -> str:
-    out, run = [], []
+    out: list[str] = []
+    run: list[int] = []
     for i in sorted(indices):
         if run and i == run[-1] + 1:
             run.append(i)

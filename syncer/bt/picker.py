@@ -130,8 +130,10 @@ class PiecePicker:
         return self.release_peer(peer)
 
     def has(self, peer: Peer, piece: int) -> bool:
-        bits = self.peers.get(peer, False)
-        return bits is None or (bits is not False and piece in bits)
+        if peer not in self.peers:
+            return False
+        bits = self.peers[peer]
+        return bits is None or piece in bits
 
     def interesting(self, peer: Peer) -> bool:
         """Does the peer have a piece we still need?"""
@@ -161,12 +163,12 @@ class PiecePicker:
                 if len(out) >= count:
                     return out
         while len(out) < count and len(self.partial) < self.max_partial:
-            piece = self._new_piece(peer, now, allowed)
-            if piece is None:
+            fresh = self._new_piece(peer, now, allowed)
+            if fresh is None:
                 break
-            n = self.blocks_in(piece)
-            part = self.partial[piece] = _Partial(n, list(range(n - 1, -1, -1)))
-            self._take(peer, piece, part, count - len(out), now, out)
+            n = self.blocks_in(fresh)
+            part = self.partial[fresh] = _Partial(n, list(range(n - 1, -1, -1)))
+            self._take(peer, fresh, part, count - len(out), now, out)
         if not out and self._all_requested():
             self._endgame(peer, count, now, allowed, out)
         return out

@@ -68,7 +68,8 @@ from syncer.bt.wire import (
     Unchoke,
 )
 from syncer.net.backoff import Backoff
-from syncer.transfer.choker import Choker, PeerStats
+from syncer.runtime.tasks import TaskSet
+from syncer.transfer.choker import Choker, ChokeStats
 
 if TYPE_CHECKING:
     from syncer.bt.session import BtSession
@@ -180,7 +181,7 @@ class Torrent:
         self.banned_peer_ids: set[bytes] = set()
         self.ban_log: list[dict[str, str]] = []
         self.fetcher = MetadataFetcher(info_hash)
-        self.choker = Choker()
+        self.choker: Choker[PeerLink] = Choker()
         self.picker: PiecePicker | None = None
         self.storage: Storage | None = None
         self.layout: Layout | None = None
@@ -199,14 +200,13 @@ class Torrent:
         self.wanted_bytes = 0
         self.verified_bytes = 0  # of the selected files, in verified pieces
         self.complete = asyncio.Event()
-        self.started_at = time.monotonic()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(self._task_failed)
         self._wake_trackers = asyncio.Event()
         self._announced: set[str] = set()
         for p in peers:
             self.add_peers([p], "magnet")
         if info is not None:
-            self._spawn(self._setup(info))
+            self._tasks.spawn(self._setup(info))
 
     # --- lifecycle -----------------------------------------------------------------------
     @property
@@ -218,17 +218,16 @@ class Torrent:
         return self.info.name if self.info else self.info_hash.hex()
 
     def start(self) -> None:
-        self._spawn(self._tick_loop())
+        self._tasks.spawn(self._tick_loop())
         for url in self.trackers:
-            self._spawn(self._tracker_loop(url))
+            self._tasks.spawn(self._tracker_loop(url))
         if self.use_dht:
-            self._spawn(self._dht_loop())
+            self._tasks.spawn(self._dht_loop())
 
     async def stop(self) -> None:
         if self.state not in (State.ERROR,):
             self.state = State.STOPPED
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for link in list(self.links):
             link.close("torrent stopped")
@@ -244,18 +243,9 @@ class Torrent:
         if self.journal is not None:
             await loop.run_in_executor(self.disk, self.journal.close)
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            log.error("bt %s: internal task failed", self.name, exc_info=exc)
-            self._fail(f"internal error: {exc}")
+    def _task_failed(self, exc: BaseException) -> None:
+        log.error("bt %s: internal task failed", self.name, exc_info=exc)
+        self._fail(f"internal error: {exc}")
 
     def _fail(self, reason: str) -> None:
         if self.state in (State.ERROR, State.STOPPED):
@@ -449,7 +439,7 @@ class Torrent:
                 continue
             self.connecting.add(addr)
             budget -= 1
-            self._spawn(self._dial(addr, cand))
+            self._tasks.spawn(self._dial(addr, cand))
 
     async def _dial(self, addr: tuple[str, int], cand: Candidate) -> None:
         loop = asyncio.get_running_loop()
@@ -652,7 +642,7 @@ class Torrent:
             return
         log.info("bt %s: metadata received (%d bytes) from %s", info.name, len(res.raw), link.label)
         self.info = info  # before setup runs: later extension handshakes must not refetch
-        self._spawn(self._setup(info))
+        self._tasks.spawn(self._setup(info))
 
     # --- downloading ---------------------------------------------------------------------
     def _depth(self, link: PeerLink, now: float) -> int:
@@ -704,7 +694,7 @@ class Torrent:
             if isinstance(other, PeerLink):
                 other.send(Cancel(*r))
         if complete:
-            self._spawn(self._verify(ev.index, self._buffers.pop(ev.index)))
+            self._tasks.spawn(self._verify(ev.index, self._buffers.pop(ev.index)))
         # refill once a quarter of the pipeline drained: requests go out in batches, one write each
         if self.picker is not None and self.picker.requests_of(link) * 4 <= self._depth(link, now) * 3:
             self._fill(link)
@@ -787,13 +777,13 @@ class Torrent:
         link.uploads.append((ev.index, ev.begin, ev.length))
         if not link.serving:
             link.serving = True
-            self._spawn(self._serve(link))
+            self._tasks.spawn(self._serve(link))
 
     async def _serve(self, link: PeerLink) -> None:
         loop = asyncio.get_running_loop()
         try:
             while link.uploads and not link.closed:
-                batch = []
+                batch: list[tuple[int, int, int]] = []
                 while link.uploads and len(batch) < SERVE_BATCH:
                     key = link.uploads.popleft()
                     if key in link.conn.peer_requests:
@@ -831,7 +821,7 @@ class Torrent:
 
     def _rechoke(self, now: float) -> None:
         stats = {
-            link: PeerStats(link.conn.peer_interested, link.down.rate(now), link.up.rate(now), connected_at=link.connected_at)
+            link: ChokeStats(link.conn.peer_interested, link.down.rate(now), link.up.rate(now), connected_at=link.connected_at)
             for link in self.links
             if link.conn.peer_handshake is not None and link.conn.accepted and not link.closed
         }

@@ -194,7 +194,7 @@ Event = Handshake | Message | ProtocolError
 
 _FIXED = {CHOKE: 1, UNCHOKE: 1, INTERESTED: 1, NOT_INTERESTED: 1, HAVE: 5, REQUEST: 13, CANCEL: 13, PORT: 3, SUGGEST: 5, HAVE_ALL: 1, HAVE_NONE: 1, REJECT: 13, ALLOWED_FAST: 5}
 _FAST_ONLY = {SUGGEST, HAVE_ALL, HAVE_NONE, REJECT, ALLOWED_FAST}
-_SIMPLE = {CHOKE: Choke(), UNCHOKE: Unchoke(), INTERESTED: Interested(), NOT_INTERESTED: NotInterested(), HAVE_ALL: HaveAll(), HAVE_NONE: HaveNone()}
+_SIMPLE: dict[int, Message] = {CHOKE: Choke(), UNCHOKE: Unchoke(), INTERESTED: Interested(), NOT_INTERESTED: NotInterested(), HAVE_ALL: HaveAll(), HAVE_NONE: HaveNone()}
 _SIMPLE_ID = {Choke: CHOKE, Unchoke: UNCHOKE, Interested: INTERESTED, NotInterested: NOT_INTERESTED, HaveAll: HAVE_ALL, HaveNone: HAVE_NONE}
 _I = struct.Struct(">I")
 _IB = struct.Struct(">IB")

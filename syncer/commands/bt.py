@@ -18,11 +18,13 @@ from rich.table import Table
 
 from syncer.api import client
 from syncer.commands import common
-from syncer.errors import SyncerError
+from syncer.errors import DaemonError, SyncerError
+from syncer.paths import Paths
 
 app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
 
 REFRESH = 0.25
+log = logging.getLogger(__name__)
 
 
 def _human(n: float) -> str:
@@ -31,6 +33,37 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+class DaemonFinder:
+    """The running daemon's DHT node, over the control API (the CLI's side: bt/ knows nothing
+    of the API)."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    async def _call(self, path: str, body: dict[str, object]) -> dict[str, object]:
+        try:
+            return await asyncio.to_thread(client.call, self.paths, "POST", path, body, 60.0)
+        except DaemonError as e:
+            log.info("DHT through the daemon: %s", e)
+            return {}
+
+    async def get_peers(self, info_hash: bytes) -> list[tuple[str, int]]:
+        from syncer.bt.dht import MAX_PEERS  # imported when used: the CLI starts faster
+
+        r = await self._call("/rest/bt/dht/get_peers", {"info_hash": info_hash.hex()})
+        peers = r.get("peers")
+        out = []
+        for p in peers[:MAX_PEERS] if isinstance(peers, list) else []:
+            if isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], int):
+                out.append((p[0], p[1]))
+        return out
+
+    async def announce(self, info_hash: bytes, port: int) -> int:
+        r = await self._call("/rest/bt/dht/announce", {"info_hash": info_hash.hex(), "port": port})
+        n = r.get("nodes", 0)
+        return n if isinstance(n, int) else 0
 
 
 @app.command()
@@ -186,7 +219,7 @@ def _metadata_cache(state_dir: Path, ih: bytes) -> Path:
 
 
 async def _get(p: Any, cfg: Any, daemon: bool, ih: bytes, info: Any, trackers: tuple[str, ...], peers: tuple[tuple[str, int], ...], select: frozenset[int] | None, to: Path, globs: tuple[str, ...], seed: bool, json: bool) -> dict[str, Any]:
-    from syncer.bt.dht import DaemonFinder, NodeFinder, own_node
+    from syncer.bt.dht import NodeFinder, own_node
     from syncer.bt.resume import Journal, journal_path
     from syncer.bt.service import parse_listen
     from syncer.bt.session import BtSession

@@ -62,7 +62,7 @@ def parse_duration(text: str) -> float:
 def format_duration(seconds: float) -> str:
     """`3d 4h`, `2h 5m`, `4m 10s`, `12s`: the two largest units."""
     s = int(max(0.0, seconds) + 0.5)
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if s >= size or (unit == "s" and not parts):
             parts.append(f"{s // size}{unit}")

@@ -17,8 +17,8 @@ import typer
 from syncer.api import client
 from syncer.commands import common
 from syncer.nat.natkind import Observation, classify
-from syncer.nat.service import local_ip_towards
 from syncer.net import stun
+from syncer.net.localaddr import local_ip_towards
 from syncer.net.udp import UdpEndpoint
 
 app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app

@@ -139,7 +139,7 @@ def folders(json: bool = common.JsonOption) -> None:
         live = {}
     cfg = common.config()
     db = IndexDB(p.index_db)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f in cfg.folders:
         files, size = db.count(f.id)
         state = folderlib.folder_state(Path(f.path))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -47,7 +49,7 @@ def unpair(device: str = typer.Argument(..., help="the device's ID")) -> None:
     typer.echo(f"unpaired {dev}")
 
 
-def device_rows() -> list[dict[str, object]]:
+def device_rows() -> list[dict[str, Any]]:  # JSON rows
     """From the running daemon when there is one (with connection state), else from config."""
     p = common.paths()
     try:
@@ -84,8 +86,8 @@ def devices(json: bool = common.JsonOption) -> None:
             str(r.get("name") or ""),
             "connected" if r.get("connected") else "disconnected",
             str(r.get("transport") or ""),
-            str(r.get("address") or ", ".join(a["address"] for a in r.get("addresses", []))),  # type: ignore[union-attr]
-            common.format_when(r.get("since")),  # type: ignore[arg-type]
+            str(r.get("address") or ", ".join(a["address"] for a in r.get("addresses", []))),
+            common.format_when(r.get("since")),
         )
     Console(width=200).print(t)
 

@@ -130,7 +130,7 @@ def install(start: bool = typer.Option(True, "--start/--no-start", help="also st
     if is_macos():
         _write(path, plist_text(sys.executable, _home_env(), p.log_file))
         typer.echo(f"installed {path}")
-        steps = [("launchctl", "load", "-w", str(path))] if start else []
+        steps: list[tuple[str, ...]] = [("launchctl", "load", "-w", str(path))] if start else []
         manual = f"launchctl load -w {path}"
     else:
         _write(path, unit_text(sys.executable, _home_env()))

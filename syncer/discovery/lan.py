@@ -167,7 +167,7 @@ class LanDiscovery(asyncio.DatagramProtocol):
             host = addr[0] if ":" not in addr[0] else f"[{addr[0]}]"
             watcher(device, f"tcp://{host}:{port}", "lan")
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) != BEACON.size:
             self._on_keyed(data, addr)
             return

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import socket
 import struct
 import time
 from typing import Any
@@ -121,8 +120,7 @@ class TrackerServer:
         except OSError as e:
             await self._runner.cleanup()
             raise SyncerError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
-        sock: socket.socket = site._server.sockets[0]  # type: ignore[union-attr]
-        self.host, self.port = sock.getsockname()[:2]
+        self.host, self.port = self._runner.addresses[0][:2]  # the one site's socket
         return self.host, self.port
 
     async def stop(self) -> None:

@@ -42,7 +42,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -456,7 +456,7 @@ class FolderFS:
         finally:
             walker.close()
 
-    def walk(self, top: str = "", max_components: int = MAX_COMPONENTS) -> Iterator[Listing]:
+    def walk(self, top: str = "", max_components: int = MAX_COMPONENTS) -> Generator[Listing, None, None]:
         """Depth first below the directory `top` ("" = root), parents before children, never
         following a symlink: each directory is opened relative to its parent's fd with
         O_NOFOLLOW, so at most one fd per level is open. Iterative (no recursion limit); a

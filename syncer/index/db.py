@@ -12,17 +12,23 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 
 from syncer.errors import SyncerError
 from syncer.index.fileinfo import FileInfo, FileType
+from syncer.index.needrow import NEED_DELETE as NEED_DELETE  # re-exported: model/need.py
+from syncer.index.needrow import NEED_FILE as NEED_FILE
+from syncer.index.needrow import NEED_OTHER as NEED_OTHER
+from syncer.index.needrow import NeedRow
 from syncer.index.version import VersionVector
 from syncer.paths import private_file
 
+T = TypeVar("T")
 LOCAL = b"\x00" * 32
 HASH_LEN = 32
 _enc = msgspec.msgpack.Encoder()
@@ -208,7 +214,7 @@ class IndexDB:
         return self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
 
     # --- transactions ---------------------------------------------------------------
-    def _write(self, fn, *args):  # type: ignore[no-untyped-def]
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
@@ -665,21 +671,6 @@ def _add_count(c: sqlite3.Connection, folder: str, what: str, files: int, nbytes
         )
 
 
-class NeedRow(msgspec.Struct, frozen=True):
-    name: str
-    kind: int  # NEED_OTHER, NEED_FILE, NEED_DELETE
-    size: int
-    conflict: bool
-    source: bytes
-    holders: tuple[bytes, ...]
-    version: bytes  # msgpack of the global version vector
-    error: str = ""
-    failures: int = 0
-    retry_at: float = 0.0
-    skip: int = 0  # why it is deliberately not fetched (model/why.py SKIP_*), 0: it is
-
-
-NEED_OTHER, NEED_FILE, NEED_DELETE = 0, 1, 2
 _NEED_COLUMNS = "name, kind, size, conflict, source, holders, version, error, failures, retry_at, skip"
 
 

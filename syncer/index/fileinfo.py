@@ -39,28 +39,3 @@ class FileInfo(msgspec.Struct, frozen=True):
     @property
     def block_count(self) -> int:
         return len(self.blocks)
-
-    def block_range(self, i: int) -> tuple[int, int]:
-        off = i * self.block_size
-        return off, min(self.block_size, self.size - off)
-
-    def is_equivalent(self, other: FileInfo) -> bool:
-        return (
-            self.name,
-            self.type,
-            self.size,
-            self.mtime_ns,
-            self.permissions,
-            self.blocks,
-            self.symlink_target,
-            self.deleted,
-        ) == (
-            other.name,
-            other.type,
-            other.size,
-            other.mtime_ns,
-            other.permissions,
-            other.blocks,
-            other.symlink_target,
-            other.deleted,
-        )

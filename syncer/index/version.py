@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from enum import Enum
 
 from syncer.deviceid import DeviceId
@@ -19,11 +20,11 @@ def short_id(device: DeviceId) -> int:
     return int.from_bytes(device.raw[:8], "big")
 
 
-class VersionVector(tuple):  # tuple of (device short id, counter), sorted by device
+class VersionVector(tuple[tuple[int, int], ...]):  # (device short id, counter) pairs, sorted by device
     __slots__ = ()
 
     @classmethod
-    def from_list(cls, items: list[list[int]] | list[tuple[int, int]] | tuple) -> VersionVector:
+    def from_list(cls, items: Iterable[Sequence[int]]) -> VersionVector:
         merged: dict[int, int] = {}
         for d, c in items:
             merged[int(d)] = max(merged.get(int(d), 0), int(c))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-import os
+import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -279,7 +279,7 @@ Entropy = Callable[[int], bytes]
 class InviterExchange(_Side):
     """The inviter's half. `local` and `peer` are raw device IDs from the TLS handshake."""
 
-    def __init__(self, local: bytes, peer: bytes, entropy: Entropy = os.urandom) -> None:
+    def __init__(self, local: bytes, peer: bytes, entropy: Entropy = secrets.token_bytes) -> None:
         super().__init__()
         self.local, self.peer = local, peer
         self.state = State.PREAMBLE
@@ -354,7 +354,7 @@ class JoinerExchange(_Side):
     """The joiner's half. `local` and `peer` are raw device IDs from the TLS handshake."""
 
     def __init__(
-        self, code: InviteCode, local: bytes, peer: bytes, name: str, addresses: list[str], entropy: Entropy = os.urandom
+        self, code: InviteCode, local: bytes, peer: bytes, name: str, addresses: list[str], entropy: Entropy = secrets.token_bytes
     ) -> None:
         super().__init__()
         self.code, self.local, self.peer = code, local, peer

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,7 +101,7 @@ class _Replay(Stream):
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         await self.inner.write(data)
 
-    async def writelines(self, chunks: list[bytes]) -> None:
+    async def writelines(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         await self.inner.writelines(chunks)
 
     async def close(self) -> None:

@@ -17,7 +17,7 @@ def to_wire(f: FileInfo) -> WireFile:
         f.block_size,
         list(f.blocks),
         f.symlink_target,
-        [tuple(x) for x in f.version.to_list()],
+        f.version.to_list(),
         f.sequence,
         f.deleted,
         f.modified_by,

@@ -19,11 +19,11 @@ import errno
 import logging
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from syncer.config import FolderConfig
 from syncer.deviceid import DeviceId
@@ -84,7 +84,10 @@ OWN_WRITE_MAX = 20_000
 
 
 @dataclass
-class PeerStats:
+class TransferCounters:
+    """Bytes and blocks exchanged with one device in this folder (the choker's inputs are
+    transfer.choker's ChokeStats)."""
+
     bytes_in: int = 0
     bytes_out: int = 0
     blocks_in: int = 0
@@ -145,7 +148,7 @@ class FolderRuntime:
         self.puller = Puller(self.id, model.request_ids(slot))
         self.supervisor = Supervisor(f"folder {self.id}", self.clock, self._task_failed)
         self.peers: dict[DeviceId, PeerSession] = {}
-        self.stats: dict[DeviceId, PeerStats] = {}
+        self.stats: dict[DeviceId, TransferCounters] = {}
         self.jobfiles: dict[str, JobFile] = {}
         self.sent_seq: dict[DeviceId, int] = {}
         self.state = "starting"
@@ -163,7 +166,7 @@ class FolderRuntime:
         self._sender_tasks: dict[DeviceId, asyncio.Task[None]] = {}
         self._turn_due = False
         self._timer_wake = asyncio.Event()
-        self._last_interest: set[DeviceId] = set()
+        self._last_interest: set[Hashable] = set()  # the puller names peers by any Hashable
         self._disk_full = ""
         self._task_error = ""
         self._changed: set[str] = set()
@@ -399,7 +402,7 @@ class FolderRuntime:
         """The peer shares this folder with us: send our index (full, or since what it has)."""
         dev = session.device
         self.peers[dev] = session
-        self.stats.setdefault(dev, PeerStats())
+        self.stats.setdefault(dev, TransferCounters())
         our_index_id = self.model.local_index_id(self.id)
         index_id, seq = their_view_of_us
         self.sent_seq[dev] = seq if index_id == our_index_id else -1
@@ -594,10 +597,11 @@ class FolderRuntime:
         self._update_state()
 
     def _carry_out(self, action: Any) -> None:
+        # this driver hands the (peer-type agnostic) puller DeviceIds only, so its actions name those
         if isinstance(action, SendRequests):
-            self._send(action.peer, list(action.requests))
+            self._send(cast(DeviceId, action.peer), list(action.requests))
         elif isinstance(action, SendCancels):
-            self._send(action.peer, [Cancel(i) for i in action.ids])
+            self._send(cast(DeviceId, action.peer), [Cancel(i) for i in action.ids])
         elif isinstance(action, Announce):
             self._announce(action)
         elif isinstance(action, LoadNeed):
@@ -631,9 +635,9 @@ class FolderRuntime:
                 s.send_many(msgs)
 
     def _announce(self, a: Announce) -> None:
-        targets = [a.to] if a.to is not None else [d for d in self.peers if d != a.exclude]
+        targets = [cast(DeviceId, a.to)] if a.to is not None else [d for d in self.peers if d != a.exclude]
         for dev in targets:
-            s = self.peers.get(dev)  # type: ignore[arg-type]
+            s = self.peers.get(dev)
             if s is not None:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     s.send_droppable(a.message)
@@ -855,7 +859,7 @@ class FolderRuntime:
         self._block_written(dev, exp, result)
 
     def _block_written(self, dev: DeviceId, exp: Expected, result: str) -> None:
-        st = self.stats.setdefault(dev, PeerStats())
+        st = self.stats.setdefault(dev, TransferCounters())
         if result == "ok":
             st.bytes_in += exp.size
             st.blocks_in += 1

@@ -14,7 +14,7 @@ A local change that equals the global content is adopted with the global version
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -22,11 +22,11 @@ import msgspec
 from syncer.deviceid import DeviceId
 from syncer.index.db import LOCAL, IndexDB
 from syncer.index.fileinfo import LOCAL_CHANGE, FileInfo
-from syncer.index.version import VersionVector
 from syncer.model.globalstate import same_content
 from syncer.model.need import _global
 
 FOLDER_TYPES = ("send-receive", "send-only", "receive-only")
+ROWS_PER_QUERY = 400  # names per rows_for call: bounded memory, few round trips
 
 
 @dataclass
@@ -45,24 +45,15 @@ def mark_local_changes(db: IndexDB, folder: str, devices: list[DeviceId], names:
     """Receive-only: after a scan stored local rows for `names`, flag those that differ from
     the other devices' global version; adopt the global version where the content is the same.
     Returns the names flagged."""
-    names = list(names)
-    raws = [d.raw for d in devices]
     flagged: list[str] = []
     adopt: list[FileInfo] = []
-    for i in range(0, len(names), 400):
-        part = names[i : i + 400]
-        rows = db.rows_for(folder, [LOCAL, *raws], part)
-        for name in part:
-            cands = rows.get(name, {})
-            local = cands.pop(LOCAL, None)
-            if local is None:
-                continue
-            _, glob = _global(cands)
-            if glob is not None and same_content(local, glob):
-                if local.version != glob.version or local.flags:
-                    adopt.append(msgspec.structs.replace(local, version=glob.version, flags=0))
-                continue
-            flagged.append(name)
+    for name, local, cands in _with_local_row(db, folder, devices, list(names)):
+        _, glob = _global(cands)
+        if glob is not None and same_content(local, glob):
+            if local.version != glob.version or local.flags:
+                adopt.append(msgspec.structs.replace(local, version=glob.version, flags=0))
+            continue
+        flagged.append(name)
     db.set_flags(folder, flagged, LOCAL_CHANGE)
     if adopt:
         db.update_local(folder, adopt)
@@ -113,28 +104,31 @@ def revert_plan(db: IndexDB, folder: str, devices: list[DeviceId]) -> Plan:
     return Plan([], restore, remove)
 
 
-def empty_version(f: FileInfo) -> FileInfo:
-    """The row of a reverted local change: any other version beats it, and it is not flagged."""
-    return msgspec.structs.replace(f, version=VersionVector(), flags=0)
-
-
 def freeable(db: IndexDB, folder: str, devices: list[DeviceId], names: list[str]) -> tuple[list[FileInfo], list[str]]:
     """Selective sync: local rows under an unselected path that another device holds in the
     same version (a copy is elsewhere: freeing ours loses nothing), and the names kept because
     they changed here."""
-    raws = [d.raw for d in devices]
     free: list[FileInfo] = []
     keep: list[str] = []
-    for i in range(0, len(names), 400):
-        part = names[i : i + 400]
+    for name, local, cands in _with_local_row(db, folder, devices, names):
+        if local.deleted:
+            continue
+        if local.flags or not any(f.version == local.version for f in cands.values()):
+            keep.append(name)
+        else:
+            free.append(local)
+    return free, keep
+
+
+def _with_local_row(db: IndexDB, folder: str, devices: list[DeviceId], names: list[str]) -> Iterator[tuple[str, FileInfo, dict[bytes, FileInfo]]]:
+    """Each of `names` that has a local row: that row and the devices' rows of it, by raw device
+    id (ROWS_PER_QUERY names a query)."""
+    raws = [d.raw for d in devices]
+    for i in range(0, len(names), ROWS_PER_QUERY):
+        part = names[i : i + ROWS_PER_QUERY]
         rows = db.rows_for(folder, [LOCAL, *raws], part)
         for name in part:
             cands = rows.get(name, {})
             local = cands.pop(LOCAL, None)
-            if local is None or local.deleted:
-                continue
-            if local.flags or not any(f.version == local.version for f in cands.values()):
-                keep.append(name)
-            else:
-                free.append(local)
-    return free, keep
+            if local is not None:
+                yield name, local, cands

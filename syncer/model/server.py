@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,10 +53,10 @@ class BlockServer:
         folder_for: Callable[[str, DeviceId], FolderRuntime | None],
         choking: Callable[[DeviceId], bool],
         db_for_thread: Callable[[], IndexDB],
-        pool: asyncio.AbstractEventLoop | None,
+        executor: Executor,
         bucket: Callable[[], TokenBucket],
         clock_now: Callable[[], float],
-        sleep: Callable[[float], object],
+        sleep: Callable[[float], Awaitable[None]],
     ) -> None:
         self._folder_for = folder_for
         self._choking = choking
@@ -64,7 +65,7 @@ class BlockServer:
         self._now = clock_now
         self._sleep = sleep
         self._queues: dict[DeviceId, _Queue] = {}
-        self.executor = None  # the serving thread, set by the model
+        self.executor = executor  # the serving thread
 
     def request(self, dev: DeviceId, req: Request) -> None:
         q = self._queues.get(dev)
@@ -121,7 +122,7 @@ class BlockServer:
                 if sent:
                     wait = self._bucket().take(sent, self._now())
                     if wait > 0:
-                        await self._sleep(wait)  # type: ignore[misc]  # upload rate limit
+                        await self._sleep(wait)  # upload rate limit
         except (ConnectionError, RuntimeError):
             pass
         finally:

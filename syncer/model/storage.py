@@ -163,9 +163,9 @@ class Storage:
                 if hashlib.sha256(data).digest() == h:
                     have.add(i)
                     continue
-            data = self._local_block(db, h, size) if h in known else None
-            if data is not None:
-                os.pwrite(fd, data, off)
+            local = self._local_block(db, h, size) if h in known else None
+            if local is not None:
+                os.pwrite(fd, local, off)
                 have.add(i)
         return have
 

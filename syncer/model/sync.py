@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,8 +29,7 @@ from syncer.model.server import BlockServer
 from syncer.pending import PendingStore
 from syncer.runtime.clock import Clock, SystemClock, sleep_until
 from syncer.runtime.supervisor import Supervisor
-from syncer.transfer.choker import Choker
-from syncer.transfer.choker import PeerStats as ChokeStats
+from syncer.transfer.choker import Choker, ChokeStats
 from syncer.transfer.ratelimit import TokenBucket
 from syncer.wire import (
     Bitfield,
@@ -100,7 +99,7 @@ class SyncModel:
         self.told_interest: dict[DeviceId, bool] = {}  # what we told each peer
         self.last_request: dict[DeviceId, float] = {}
         self.connected_at: dict[DeviceId, float] = {}
-        self.choker = Choker()
+        self.choker: Choker[DeviceId] = Choker()
         self.supervisor = Supervisor("sync model", self.clock)
         self._local = threading.local()
         self.hasher = ThreadPoolExecutor(2, thread_name_prefix="verify")
@@ -110,10 +109,9 @@ class SyncModel:
         self.send_bucket = TokenBucket(config.get("limits.max_send_kbps") * 1024)
         self.recv_bucket = TokenBucket(config.get("limits.max_recv_kbps") * 1024)
         self.server = BlockServer(
-            self._shared_folder, lambda dev: dev in self.choking, self.db_for_thread, None,
+            self._shared_folder, lambda dev: dev in self.choking, self.db_for_thread, self.serve_pool,
             lambda: self.send_bucket, self.clock.monotonic, self.clock.sleep,
         )
-        self.server.executor = self.serve_pool  # type: ignore[assignment]
 
     # --- helpers used by folders ------------------------------------------------------
     def db_for_thread(self) -> IndexDB:
@@ -252,7 +250,7 @@ class SyncModel:
 
     def interest_changed(self) -> None:
         """Some folder's wish list changed: tell peers whether we want anything from them."""
-        wanted: set[DeviceId] = set()
+        wanted: set[Hashable] = set()  # the puller names peers by any Hashable (ours: DeviceIds)
         for f in self.folders.values():
             wanted |= f.puller.interest
         for dev, session in self.sessions.items():

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from syncer.index.db import NEED_DELETE, NEED_FILE, NeedRow
+from syncer.index.needrow import NEED_DELETE, NEED_FILE, NeedRow
 
 # need.skip: why an entry is deliberately not fetched
 SKIP_NONE, SKIP_UNSELECTED, SKIP_IGNORED, SKIP_SEND_ONLY, SKIP_LOCAL_CHANGE = 0, 1, 2, 3, 4

@@ -47,6 +47,7 @@ from syncer.nat.punch import PUNCH_DURATION, PunchFailed, punch
 from syncer.net import stun, tls
 from syncer.net.quic import QuicEndpoint
 from syncer.net.transport import Address, Stream, TransportError
+from syncer.runtime.tasks import TaskSet
 from syncer.wire import messages as m
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class PeerAssist:
         self._ends: dict[tuple[DeviceId, int], ChannelStream] = {}
         self._legs: dict[tuple[DeviceId, int], tuple[DeviceId, int]] = {}
         self._accepts: dict[tuple[DeviceId, int], asyncio.Future[m.RelayVia]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(self._task_failed)
         self._answering = 0
         self.stats = {"punch_forwarded": 0, "punch_ok": 0, "punch_failed": 0, "relayed_channels": 0, "relayed_bytes": 0}
 
@@ -207,7 +208,7 @@ class PeerAssist:
                 await session.wait_writable()
             room.set()
 
-        self._spawn(wait())  # one per congested forward, not per message: the caller waits on it
+        self._tasks.spawn(wait())  # one per congested forward, not per message: the caller waits on it
         return room
 
     async def _send_paced(self, device: DeviceId, msg: m.Message) -> None:
@@ -215,14 +216,9 @@ class PeerAssist:
         if room is not None:
             await room.wait()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, (ConnectionError, SyncerError, OSError)):
+    @staticmethod
+    def _task_failed(exc: BaseException) -> None:
+        if not isinstance(exc, (ConnectionError, SyncerError, OSError)):  # a peer went away: expected
             log.warning("peer assist task failed: %r", exc)
 
     # --- punching --------------------------------------------------------------------------------------
@@ -289,7 +285,7 @@ class PeerAssist:
                 session.send(m.PunchVia(m.PUNCH_ERROR, msg.punch_id, msg.device, "", 0, "busy or bad address"))
                 return
             self._answering += 1  # counted now: a burst of offers in one read must not pass
-            self._spawn(self._answer_offer(me, msg))
+            self._tasks.spawn(self._answer_offer(me, msg))
         elif msg.op in (m.PUNCH_ANSWER, m.PUNCH_ERROR):
             fut = self._answers.get(msg.punch_id)
             if fut is not None:  # we are the initiator
@@ -421,7 +417,7 @@ class PeerAssist:
                 return None
             stream = self._stream(source, msg.channel, True, me)  # registered now, counted now
             session.send(m.RelayVia(m.RELAY_ACCEPT, msg.channel))
-            self._spawn(self._incoming(me, source, stream))
+            self._tasks.spawn(self._incoming(me, source, stream))
         elif msg.op == m.RELAY_ACCEPT:  # helper: B accepted
             other = self._legs.get(key)
             if other is not None:
@@ -487,5 +483,4 @@ class PeerAssist:
     async def close(self) -> None:
         for s in list(self._ends.values()):
             s.ended()
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from syncer.net import tls
 from syncer.net.transport import READ_SIZE, Stream, TransportError
@@ -94,7 +94,7 @@ class ChannelStream(Stream):
                     await self._flush()
                     await self._wait_readable()
         await self._flush()
-        self.peer = tls.peer_device_id(self._ssl)  # type: ignore[arg-type]
+        self.peer = tls.peer_device_id(self._ssl)
 
     async def _wait_readable(self) -> None:
         if self._eof and not self._in.pending:
@@ -159,7 +159,7 @@ class ChannelStream(Stream):
             self._ssl.write(view[i : i + (1 << 16)])
             await self._flush()
 
-    async def writelines(self, chunks: list[bytes]) -> None:
+    async def writelines(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         await self.write(b"".join(chunks))
 
     async def close(self) -> None:

@@ -15,8 +15,12 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 from syncer.errors import SyncerError
+
+T = TypeVar("T")
 
 PORT = 5351
 OPS = {"UDP": 1, "TCP": 2}
@@ -70,7 +74,7 @@ class _Proto(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.answers: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             self.answers.put_nowait(data)
 
@@ -82,7 +86,7 @@ class NatPmpClient:
     def __init__(self, gateway: str) -> None:
         self.gateway = gateway
 
-    async def _ask(self, request: bytes, accept: object) -> object:
+    async def _ask(self, request: bytes, accept: Callable[[bytes], T | None]) -> T:
         loop = asyncio.get_running_loop()
         transport, proto = await loop.create_datagram_endpoint(_Proto, remote_addr=(self.gateway, PORT))
         try:
@@ -92,7 +96,7 @@ class NatPmpClient:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         while True:
-                            got = accept(await proto.answers.get())  # type: ignore[operator]
+                            got = accept(await proto.answers.get())
                             if got is not None:
                                 return got
                 wait *= 2
@@ -101,8 +105,7 @@ class NatPmpClient:
         raise NatPmpError(f"no NAT-PMP answer from {self.gateway}")
 
     async def external_address(self) -> str:
-        return str(await self._ask(external_address_request(), parse_address_response))
+        return await self._ask(external_address_request(), parse_address_response)
 
     async def map(self, protocol: str, internal: int, external: int, lifetime: int) -> tuple[int, int, int]:
-        got = await self._ask(map_request(protocol, internal, external, lifetime), lambda d: parse_map_response(d, protocol))
-        return got  # type: ignore[return-value]
+        return await self._ask(map_request(protocol, internal, external, lifetime), lambda d: parse_map_response(d, protocol))

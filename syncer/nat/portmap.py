@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from syncer.nat import natpmp
-from syncer.nat.service import local_ip_towards
+from syncer.net.localaddr import local_ip_towards
 
 log = logging.getLogger(__name__)
 

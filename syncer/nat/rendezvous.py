@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity
@@ -41,7 +42,7 @@ async def resolve_udp(host: str, port: int) -> Addr:
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:
         raise TransportError(f"cannot resolve {host}")
-    return infos[0][4][0], infos[0][4][1]
+    return str(infos[0][4][0]), int(infos[0][4][1])  # (host, port, ...) for both IP families
 
 
 def _wildcard_for(addr: Addr) -> str:
@@ -232,8 +233,8 @@ class PunchResponder:
         else:
             await self._queue.put(stream)
 
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -265,13 +266,17 @@ class PunchResponder:
             self._binders[msg.punch_id] = binder
             # the relay gives up after its punch timeout; stop binding by then in any case
             asyncio.get_running_loop().call_later(RENDEZVOUS_TIMEOUT, binder.cancel)
-            binder.add_done_callback(lambda _, pid=msg.punch_id: self._binders.pop(pid, None))
+            pid = msg.punch_id
+            binder.add_done_callback(lambda _: self._forget_binder(pid))
         elif isinstance(msg, p.PunchStart):
-            binder = self._binders.pop(msg.punch_id, None)
-            if binder is None:
+            agreed = self._binders.pop(msg.punch_id, None)
+            if agreed is None:
                 return  # not a punch we agreed to
-            binder.cancel()
+            agreed.cancel()
             self._spawn(self._punch(msg))
+
+    def _forget_binder(self, pid: bytes) -> None:
+        self._binders.pop(pid, None)
 
     def _invited_by_accepted(self, raw: bytes) -> bool:
         try:

@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
 import time
 from typing import Any
 
 from syncer.nat.natkind import DEPENDENT, INDEPENDENT, NO_NAT, Observation, classify, external
 from syncer.net import stun
+from syncer.net.localaddr import local_ip_towards
 from syncer.net.udp import UdpEndpoint
 
 log = logging.getLogger(__name__)
@@ -28,17 +28,6 @@ PROBE_INTERVAL = 600.0
 RETRY_FIRST = 30.0
 MAX_OBSERVERS = 16
 MAX_PEER_OBSERVED = 32
-
-
-def local_ip_towards(addr: tuple[str, int]) -> str:
-    """The source address the kernel picks for packets to `addr` (nothing is sent)."""
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(addr)
-            return s.getsockname()[0]
-        except OSError:
-            return ""
 
 
 def global_ipv6_addresses() -> list[str]:
@@ -135,14 +124,16 @@ class NatService:
         """One round of binding requests; returns how many observers answered."""
         assert self.udp is not None
         targets = await self._targets()
+        udp = self.udp  # the endpoint as it is now, for the probes below
+        assert udp is not None
 
         async def one(name: str, addr: tuple[str, int]) -> None:
             try:
-                mapped = await stun.binding(self.udp, addr)  # type: ignore[arg-type]
+                mapped = await stun.binding(udp, addr)
             except stun.StunError as e:
                 self.last_error = str(e)
                 return
-            local = (local_ip_towards(addr), self.udp.local_address[1])  # type: ignore[union-attr]
+            local = (local_ip_towards(addr), udp.local_address[1])
             self.observations[name] = Observation(name, addr, local, mapped, self.clock())
 
         await asyncio.gather(*(one(n, a) for n, a in targets))

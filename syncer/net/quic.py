@@ -32,6 +32,7 @@ import contextlib
 import ipaddress
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from aioquic.buffer import Buffer
@@ -235,7 +236,7 @@ class QuicStream(Stream):
             self._writable.clear()
             await self._writable.wait()
 
-    async def writelines(self, chunks: list[bytes]) -> None:
+    async def writelines(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         await self.write(b"".join(chunks))
 
     def peer_accepted(self) -> None:

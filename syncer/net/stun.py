@@ -151,8 +151,8 @@ async def resolve(host: str, port: int) -> Addr:
     except (OSError, TimeoutError) as e:
         raise StunError(f"cannot resolve {host}: {e or type(e).__name__}") from None
     v4 = [i for i in infos if i[0] == socket.AF_INET]
-    info = (v4 or infos)[0]
-    return info[4][0], info[4][1]
+    sockaddr = (v4 or infos)[0][4]
+    return str(sockaddr[0]), int(sockaddr[1])  # (host, port, ...) for both IP families
 
 
 async def binding(udp: UdpEndpoint, server: Addr, timeout: float = TIMEOUT) -> Addr:

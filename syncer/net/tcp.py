@@ -19,7 +19,7 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from syncer.identity import Identity
 from syncer.net import tls
@@ -76,7 +76,7 @@ class ReaderWriterStream(Stream):
         self._writer.write(data)
         await self._writer.drain()
 
-    async def writelines(self, chunks: list[bytes]) -> None:
+    async def writelines(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         if self._closed or self._writer.is_closing():
             raise ConnectionResetError("stream closed")
         # one buffer, so a small frame header does not become a TLS record of its own
@@ -119,8 +119,9 @@ class _TlsProtocol(asyncio.BufferedProtocol):
 
     # asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
+        assert isinstance(transport, asyncio.Transport)  # a stream socket's (TLS or not) always is
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._start == self._end:
@@ -259,9 +260,9 @@ class TcpStream(Stream):
         self._proto.align_limit = limit
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        await self.writelines([data])  # type: ignore[list-item]
+        await self.writelines([data])
 
-    async def writelines(self, chunks: list[bytes]) -> None:
+    async def writelines(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         # not joined: a small header costs a TLS record of its own (~30 bytes), joining would
         # cost a copy of every payload byte on the event loop; the SSL transport encrypts
         # the list and hands the socket all of it at once
@@ -376,6 +377,7 @@ class TcpListener(Listener):
 
     async def _serve(self, conn: socket.socket, ip: str, ticket: Ticket, handed_off: list[bool]) -> None:
         task = asyncio.current_task()
+        assert task is not None  # a coroutine always runs in a task
         deadline = self._loop.time() + HANDSHAKE_TIMEOUT
         try:
             await _readable(self._loop, conn, HANDSHAKE_TIMEOUT)
@@ -390,14 +392,15 @@ class TcpListener(Listener):
             log.debug("%s: inbound connection from %s failed before authentication: %r", self.url, ip, e)
             return  # the done callback releases and closes
         handed_off.append(True)  # the TLS transport owns the socket now
-        self._preauth.discard(task)  # type: ignore[arg-type]
-        self._handlers.add(task)  # type: ignore[arg-type]
+        self._preauth.discard(task)
+        self._handlers.add(task)
         proto.lost.add_done_callback(lambda _: self.gate.release(ticket))
         try:
             stream = TcpStream(proto, on_accepted=lambda: self.gate.release(ticket))
         except (ssl.SSLError, OSError, ValueError) as e:
             log.info("%s: inbound connection from %s refused: %s", self.url, ip, e)
-            proto.transport.abort()  # type: ignore[union-attr]
+            assert proto.transport is not None  # set by connection_made before the handshake
+            proto.transport.abort()
             return
         try:
             await self._handler(stream)
@@ -410,7 +413,11 @@ async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeou
     """Wait until `sock` has data (or EOF) to read, holding no buffer meanwhile."""
     fut: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
-    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(fd, ready)
     try:
         await asyncio.wait_for(fut, timeout)
     finally:

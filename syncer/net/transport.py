@@ -10,7 +10,7 @@ the shared conformance tests in tests/transport_conformance.py.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from syncer.deviceid import DeviceId
@@ -36,7 +36,7 @@ class Stream(abc.ABC):
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue data and wait while the transport's buffer is above its high-water mark."""
 
-    async def writelines(self, chunks: list[bytes]) -> None:
+    async def writelines(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         for c in chunks:
             await self.write(c)
 

@@ -11,7 +11,6 @@ Rules:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from syncer.deviceid import DeviceId
@@ -50,7 +49,3 @@ def preferred(a: ConnInfo, b: ConnInfo) -> ConnInfo:
         return a if a.initiator.raw < b.initiator.raw else b
     # same dialer twice: it redialed because it believes the older one dead
     return a if a.established > b.established else b
-
-
-def now_pair() -> tuple[float, float]:
-    return time.monotonic(), time.time()

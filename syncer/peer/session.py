@@ -214,7 +214,7 @@ class PeerSession:
     def send_piece(self, request_id: int, data: bytes | memoryview) -> None:
         if self._closed.is_set():
             raise ConnectionResetError("session closed")
-        self._queue(self.conn.send_piece(request_id, data, self.clock.monotonic()))  # type: ignore[arg-type]
+        self._queue(self.conn.send_piece(request_id, data, self.clock.monotonic()))
 
     def writable(self) -> bool:
         return self._queued < LOW_QUEUE_BYTES
@@ -228,10 +228,6 @@ class PeerSession:
             await self._room.wait()
         if self._closed.is_set():
             raise ConnectionResetError("session closed")
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
 
     def _queue(self, parts: list[bytes | memoryview]) -> None:
         n = sum(len(p) for p in parts)
@@ -258,7 +254,7 @@ class PeerSession:
                     parts = self._out.popleft()
                     chunks.extend(parts)
                     n += sum(len(p) for p in parts)
-                await self.stream.writelines(chunks)  # type: ignore[arg-type]
+                await self.stream.writelines(chunks)
                 self._queued -= n
                 self.up.add(n, self.clock.monotonic())
                 if self._queued < LOW_QUEUE_BYTES:
@@ -297,7 +293,7 @@ class PeerSession:
             with contextlib.suppress(ConnectionError, OSError, RuntimeError, TimeoutError):
                 chunks = [c for parts in self._out for c in parts]
                 self._out.clear()
-                await asyncio.wait_for(self.stream.writelines(chunks), 2)  # type: ignore[arg-type]
+                await asyncio.wait_for(self.stream.writelines(chunks), 2)
         self._mark_closed(reason)
         await self.stream.close()
 

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import Protocol, cast
 
 from syncer.deviceid import DeviceId
 from syncer.identity import Identity
@@ -32,6 +33,7 @@ from syncer.net.tcp import STREAM_LIMIT, ReaderWriterStream
 from syncer.net.transport import StreamHandler, TransportError
 from syncer.relay import protocol as p
 from syncer.relay.invites import InviteGate, Policy
+from syncer.runtime.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,12 @@ PONG_TIMEOUT = 20.0
 RECONNECT_MAX = 30.0
 
 ControlListener = Callable[[p.Message], None]
+
+
+class _ReplacesWriter(Protocol):
+    """The private method of asyncio.StreamReaderProtocol (CPython 3.11+) used below."""
+
+    def _replace_writer(self, writer: asyncio.StreamWriter) -> None: ...
 
 
 class RelayStream(ReaderWriterStream):
@@ -86,7 +94,9 @@ class _RelayConnection:
         if inner is None:
             raise TransportError("relay connection closed during the end-to-end handshake")
         writer = asyncio.StreamWriter(inner, self._protocol, self.reader, loop)
-        self._protocol._replace_writer(writer)  # what StreamWriter.start_tls does (client side only)
+        # what StreamWriter.start_tls does, which can only be the TLS client: asyncio has no public
+        # call for being the TLS server over a connection we dialed
+        cast(_ReplacesWriter, self._protocol)._replace_writer(writer)
         stream = RelayStream(self.reader, writer, relay)
         # a StreamWriter closes its transport when garbage-collected: keep the outer one alive
         stream._outer_writer = self.writer
@@ -111,7 +121,7 @@ class RelayTransport:
         self._listeners: list[ControlListener] = []
         self._control: _RelayConnection | None = None
         self._control_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(self._task_failed)
         self.cookie: bytes | None = None  # rendezvous cookie of the current control connection
         self.registered = asyncio.Event()
         self._closed = False
@@ -259,21 +269,14 @@ class RelayTransport:
         if not self.invites.admit(device, asyncio.get_running_loop().time()):
             log.debug("relay %s: invitation from %s ignored", self.relay, device.short)
             return
-        self._spawn(self._accept(invite, device))
+        self._tasks.spawn(self._accept(invite, device))
 
     def _notify(self, msg: p.Message) -> None:
         for listener in list(self._listeners):
             listener(msg)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("relay %s: stream handler failed: %r", self.relay, exc)
+    def _task_failed(self, exc: BaseException) -> None:
+        log.warning("relay %s: stream handler failed: %r", self.relay, exc)
 
     async def _accept(self, invite: p.Invite, expected: DeviceId) -> None:
         assert self._on_stream is not None
@@ -302,8 +305,7 @@ class RelayTransport:
             self._control_task.cancel()
         if self._control is not None:
             self._control.abort()
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel()
         pending = [t for t in [self._control_task, *self._tasks] if t is not None]
         if pending:
             with contextlib.suppress(Exception):

@@ -141,7 +141,7 @@ def decode_body(body: bytes) -> Message:
 
 
 def frame_length(header: bytes) -> int:
-    (n,) = HEADER.unpack(header)
+    n: int = HEADER.unpack(header)[0]
     if n > MAX_FRAME:
         raise RelayProtocolError(f"relay frame too large ({n} bytes)")
     return n

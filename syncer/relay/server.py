@@ -23,7 +23,8 @@ from syncer.net import udp_messages as m
 from syncer.net.udp import Addr, UdpEndpoint
 from syncer.relay import protocol as p
 from syncer.relay.rendezvous import PunchLimit, ReadyPunch, Rendezvous
-from syncer.relay.sessions import IdleTimer, SessionRefused, SessionTable, TokenBucket
+from syncer.relay.sessions import IdleTimer, SessionRefused, SessionTable
+from syncer.transfer.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 

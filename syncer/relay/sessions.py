@@ -8,7 +8,8 @@ Rules:
   `pending_timeout`, and `device` must be the invited target (a leaked token is useless to
   anyone else). A token is accepted at most once.
 - The server closes a session not accepted within `pending_timeout` (and frees its slot).
-- `TokenBucket` caps a byte rate; `IdleTimer` says when a pipe saw no bytes for too long.
+- `IdleTimer` says when a pipe saw no bytes for too long (transfer/ratelimit.py's `TokenBucket`
+  caps a pipe's byte rate).
 """
 
 from __future__ import annotations
@@ -69,26 +70,6 @@ class SessionTable:
     @property
     def active(self) -> int:
         return sum(s.paired for s in self._sessions.values())
-
-
-@dataclass
-class TokenBucket:
-    """At most `rate` bytes/s on average, bursts up to `burst` bytes."""
-
-    rate: float
-    burst: float
-    tokens: float = 0.0
-    last: float | None = None
-
-    def take(self, n: int, now: float) -> float:
-        """Account for sending n bytes at `now`; returns how long to wait before sending them."""
-        if self.last is None:
-            self.tokens = self.burst
-        else:
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        self.tokens -= n
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 @dataclass

@@ -202,9 +202,9 @@ class Scanner:
             if ignored(nfc, is_dir, base if nfc is rel else None):
                 continue
             if is_dir:
-                e = _Entry(nfc, rel, st, FileType.DIRECTORY)
-                items.append((nfc, False, e))
-                items.append((nfc + "/", True, e))
+                d = _Entry(nfc, rel, st, FileType.DIRECTORY)  # not `e`: the except clause's name above
+                items.append((nfc, False, d))
+                items.append((nfc + "/", True, d))
             elif stat.S_ISREG(mode):
                 items.append((nfc, False, _Entry(nfc, rel, st, FileType.FILE)))
             elif stat.S_ISLNK(mode):

@@ -12,8 +12,9 @@ from __future__ import annotations
 import random
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-Peer = Hashable
+Peer = TypeVar("Peer", bound=Hashable)  # whatever the caller names peers by
 SLOTS = 4
 RECHOKE_INTERVAL = 10.0
 OPTIMISTIC_INTERVAL = 30.0
@@ -21,7 +22,10 @@ NEW_PEER_AGE = 60.0
 
 
 @dataclass(frozen=True)
-class PeerStats:
+class ChokeStats:
+    """What the choker weighs for one peer (the folder's byte counters are model.folder's
+    TransferCounters)."""
+
     interested: bool
     download_rate: float  # what the peer gives us, B/s
     upload_rate: float  # what we give the peer, B/s
@@ -30,12 +34,12 @@ class PeerStats:
 
 
 @dataclass(frozen=True)
-class ChokeDecision:
+class ChokeDecision(Generic[Peer]):
     unchoked: frozenset[Peer]
     optimistic: Peer | None
 
 
-class Choker:
+class Choker(Generic[Peer]):
     def __init__(
         self,
         slots: int = SLOTS,
@@ -54,7 +58,7 @@ class Choker:
     def next_deadline(self) -> float:
         return self._last + self.rechoke_interval
 
-    def rank(self, peers: Mapping[Peer, PeerStats], now: float, seeding: bool = False) -> ChokeDecision:
+    def rank(self, peers: Mapping[Peer, ChokeStats], now: float, seeding: bool = False) -> ChokeDecision[Peer]:
         self._last = now
         unchoked = {p for p, s in peers.items() if s.unlimited}
         candidates = [p for p, s in peers.items() if s.interested and not s.unlimited]
@@ -73,7 +77,7 @@ class Choker:
             unchoked.add(self.optimistic)
         return ChokeDecision(frozenset(unchoked), self.optimistic)
 
-    def _choose_optimistic(self, rest: list[Peer], peers: Mapping[Peer, PeerStats], now: float) -> Peer | None:
+    def _choose_optimistic(self, rest: list[Peer], peers: Mapping[Peer, ChokeStats], now: float) -> Peer | None:
         if not rest:
             return None
         weights = [3.0 if now - peers[p].connected_at < NEW_PEER_AGE else 1.0 for p in rest]

@@ -1,4 +1,5 @@
-"""Token-bucket rate limit (pure; time injected): `limits.max_send_kbps` / `max_recv_kbps`."""
+"""Token-bucket rate limit (pure; time injected): `limits.max_send_kbps` / `max_recv_kbps`, and the
+relay server's per-pipe cap."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def decode_body(type_byte: int, body: memoryview) -> Message:
         if len(body) < PIECE_ID.size:
             raise FrameError("truncated piece")
         # the payload stays a view of the received (immutable) buffer: no copy of block data
-        return Piece(PIECE_ID.unpack_from(body)[0], body[PIECE_ID.size :])  # type: ignore[arg-type]
+        return Piece(PIECE_ID.unpack_from(body)[0], body[PIECE_ID.size :])
     dec = _decoders.get(type_byte)
     if dec is None:
         raise FrameError(f"unknown message type 0x{type_byte:02x}")

@@ -23,33 +23,34 @@ FolderId = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class Message(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=False):
-    pass
+    """Subclasses inherit these options; each repeats `frozen=True` only so that type checkers,
+    which do not know msgspec inherits it, see the same immutable class msgspec builds."""
 
 
-class Hello(Message):
+class Hello(Message, frozen=True):
     device_name: ShortText
     client_name: ShortText
     client_version: ShortText
     features: Annotated[list[ShortText], msgspec.Meta(max_length=64)] = []
 
 
-class DeviceSummary(Message):
+class DeviceSummary(Message, frozen=True):
     device_id: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
     index_id: U63  # which index of this device the sender holds
     max_sequence: U63  # the highest sequence of it the sender holds
 
 
-class FolderSummary(Message):
+class FolderSummary(Message, frozen=True):
     id: FolderId
     label: ShortText
     devices: Annotated[list[DeviceSummary], msgspec.Meta(max_length=1000)]
 
 
-class ClusterConfig(Message):
+class ClusterConfig(Message, frozen=True):
     folders: Annotated[list[FolderSummary], msgspec.Meta(max_length=1000)]
 
 
-class WireFile(Message):
+class WireFile(Message, frozen=True):
     name: str
     type: int  # 0 file, 1 directory, 2 symlink
     size: int
@@ -64,17 +65,17 @@ class WireFile(Message):
     modified_by: int
 
 
-class Index(Message):
+class Index(Message, frozen=True):
     folder: FolderId
     files: list[WireFile]
 
 
-class IndexUpdate(Message):
+class IndexUpdate(Message, frozen=True):
     folder: FolderId
     files: list[WireFile]
 
 
-class Bitfield(Message):
+class Bitfield(Message, frozen=True):
     """Which blocks of one version of a file the sender holds (partial holders serve)."""
 
     folder: FolderId
@@ -84,14 +85,14 @@ class Bitfield(Message):
     bits: bytes  # bit i (MSB first in byte i//8) = holds block i
 
 
-class Have(Message):
+class Have(Message, frozen=True):
     folder: FolderId
     name: ShortText
     version: Annotated[list[tuple[U64, U63]], msgspec.Meta(max_length=1000)]
     block_index: BlockIndex
 
 
-class Request(Message):
+class Request(Message, frozen=True):
     id: U64
     folder: FolderId
     name: ShortText
@@ -101,45 +102,45 @@ class Request(Message):
     hash: Annotated[bytes, msgspec.Meta(max_length=32)]
 
 
-class Piece(Message):
+class Piece(Message, frozen=True):
     id: int
-    data: bytes
+    data: bytes | memoryview  # received: a view of the frame (frames.py decodes pieces itself)
 
 
-class PieceError(Message):
+class PieceError(Message, frozen=True):
     id: U64
     code: Annotated[int, msgspec.Meta(ge=0, le=255)]
 
 
-class Cancel(Message):
+class Cancel(Message, frozen=True):
     id: U64
 
 
-class Choke(Message):
+class Choke(Message, frozen=True):
     pass
 
 
-class Unchoke(Message):
+class Unchoke(Message, frozen=True):
     pass
 
 
-class Interested(Message):
+class Interested(Message, frozen=True):
     pass
 
 
-class NotInterested(Message):
+class NotInterested(Message, frozen=True):
     pass
 
 
-class Ping(Message):
+class Ping(Message, frozen=True):
     pass
 
 
-class Close(Message):
+class Close(Message, frozen=True):
     reason: ShortText
 
 
-class PeerAddresses(Message):
+class PeerAddresses(Message, frozen=True):
     """Sent by each side once connected (docs/nat.md): what this side sees and knows."""
 
     observed: str  # the peer's address as this side sees this connection, e.g. tcp://1.2.3.4:5
@@ -147,7 +148,7 @@ class PeerAddresses(Message):
     external: list[str]  # addresses believed to reach this side (port mapping, STUN, IPv6)
 
 
-class PunchVia(Message):
+class PunchVia(Message, frozen=True):
     """Hole punching coordinated by a device connected to both ends (nat/assist.py)."""
 
     op: int  # PUNCH_REQUEST / PUNCH_OFFER / PUNCH_ANSWER / PUNCH_ERROR
@@ -158,7 +159,7 @@ class PunchVia(Message):
     reason: str = ""
 
 
-class RelayVia(Message):
+class RelayVia(Message, frozen=True):
     """Control of a byte channel relayed by a paired device (nat/assist.py)."""
 
     op: int  # RELAY_OPEN / RELAY_INCOMING / RELAY_ACCEPT / RELAY_ACCEPTED / RELAY_CLOSE / RELAY_CREDIT
@@ -168,7 +169,7 @@ class RelayVia(Message):
     reason: str = ""
 
 
-class RelayData(Message):
+class RelayData(Message, frozen=True):
     channel: int
     data: bytes  # at most RELAY_CHUNK bytes: ciphertext of the ends' own TLS session
 

@@ -9,7 +9,7 @@ cannot choose where in the id space it sits (a defence against Sybil attacks on 
 from __future__ import annotations
 
 import ipaddress
-import os
+import secrets
 
 V4_MASK = 0x030F3FFF
 V6_MASK = 0x0103070F1F3F7FFF
@@ -46,8 +46,8 @@ def _hash(ip: str, r: int) -> int:
 
 def node_id(ip: str, r: int | None = None, rand: bytes | None = None) -> bytes:
     """A BEP 42 node id for external address `ip`."""
-    r = os.urandom(1)[0] if r is None else r
-    rand = rand if rand is not None else os.urandom(17)
+    r = secrets.token_bytes(1)[0] if r is None else r
+    rand = rand if rand is not None else secrets.token_bytes(17)
     crc = _hash(ip, r)
     return bytes([(crc >> 24) & 0xFF, (crc >> 16) & 0xFF, ((crc >> 8) & 0xF8) | (rand[0] & 0x07)]) + rand[1:17] + bytes([r])
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +34,8 @@ def encode_nodes(nodes: list[NodeInfo]) -> bytes:
     out = []
     for n in nodes:
         try:
-            out.append(n.id + socket.inet_aton(n.ip) + struct.pack(">H", n.port))
-        except OSError:
+            out.append(n.id + ipaddress.IPv4Address(n.ip).packed + struct.pack(">H", n.port))
+        except ValueError:
             continue  # IPv6 nodes go in nodes6 (not used here)
     return b"".join(out)
 
@@ -45,7 +44,7 @@ def decode_nodes(data: bytes) -> list[NodeInfo]:
     if len(data) % 26:
         raise KrpcError(ERR_PROTOCOL, "bad compact node info")
     return [
-        NodeInfo(data[i : i + 20], socket.inet_ntoa(data[i + 20 : i + 24]), struct.unpack(">H", data[i + 24 : i + 26])[0])
+        NodeInfo(data[i : i + 20], str(ipaddress.IPv4Address(data[i + 20 : i + 24])), struct.unpack(">H", data[i + 24 : i + 26])[0])
         for i in range(0, len(data), 26)
     ]
 
@@ -58,7 +57,7 @@ def decode_peers(values: list[Any]) -> list[tuple[str, int]]:
     out = []
     for v in values:
         if isinstance(v, bytes) and len(v) == 6:
-            out.append((socket.inet_ntoa(v[:4]), struct.unpack(">H", v[4:])[0]))
+            out.append((str(ipaddress.IPv4Address(v[:4])), struct.unpack(">H", v[4:])[0]))
         elif isinstance(v, bytes) and len(v) == 18:
             out.append((str(ipaddress.ip_address(v[:16])), struct.unpack(">H", v[16:])[0]))
     return out

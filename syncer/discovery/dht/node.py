@@ -71,7 +71,7 @@ async def _resolve(host: str, port: int) -> tuple[str, int] | None:
         infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM), 5)
     except (OSError, TimeoutError):
         return None
-    return (infos[0][4][0], infos[0][4][1]) if infos else None
+    return (str(infos[0][4][0]), int(infos[0][4][1])) if infos else None
 
 
 def _norm(addr: tuple[str, int]) -> tuple[str, int]:
@@ -151,7 +151,7 @@ class DhtNode(asyncio.DatagramProtocol):
         return {**self.stats, "nodes": len(self.table), "stored_peers": len(self.store), "outstanding": len(self._pending)}
 
     # --- datagrams -----------------------------------------------------------------------
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             msg = krpc.parse(data)
         except krpc.KrpcError:

@@ -3,7 +3,7 @@ the bucket that holds our own id, bad nodes replaced by fresh ones, bounded by d
 
 from __future__ import annotations
 
-import os
+import secrets
 from dataclasses import dataclass, field
 
 from syncer.discovery.dht.krpc import NodeInfo
@@ -107,7 +107,7 @@ class RoutingTable:
         for b in self.buckets:
             if now - b.changed >= REFRESH:
                 span = b.hi - b.lo
-                out.append((b.lo + int.from_bytes(os.urandom(20), "big") % span).to_bytes(20, "big"))
+                out.append((b.lo + int.from_bytes(secrets.token_bytes(20), "big") % span).to_bytes(20, "big"))
                 b.changed = now
         return out
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
+import secrets
 
 ROTATE = 300.0
 
 
 class Tokens:
     def __init__(self, now: float) -> None:
-        self.secrets = [os.urandom(16), os.urandom(16)]
+        self.secrets = [secrets.token_bytes(16), secrets.token_bytes(16)]
         self.rotated = now
 
     def _rotate(self, now: float) -> None:
         while now - self.rotated >= ROTATE:
-            self.secrets = [os.urandom(16), self.secrets[0]]
+            self.secrets = [secrets.token_bytes(16), self.secrets[0]]
             self.rotated += ROTATE
 
     def issue(self, ip: str, now: float) -> bytes:

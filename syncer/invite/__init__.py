@@ -1,0 +1,1 @@
+"""Invites: one-step pairing and joining a folder (docs/security.md)."""
