@@ -401,4 +401,11 @@ class Swarm:
             self.now = t
             self.events += 1
             fn()
+            if self.events % 101 == 0:
+                self._check_counters()
+        self._check_counters()
         return Result(self.nodes, self.now, self.events)
+
+    def _check_counters(self) -> None:
+        for node in self.nodes.values():
+            assert node.puller is None or node.puller.counters_consistent(), f"{node.name}: puller counters drifted"

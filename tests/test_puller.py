@@ -7,6 +7,8 @@ import itertools
 import os
 import random
 
+import pytest
+
 from syncer.index.fileinfo import FileInfo, FileType
 from syncer.index.version import VersionVector
 from syncer.model.storage import JobFile
@@ -43,9 +45,22 @@ def wanted(f: FileInfo, holders=("A",)) -> Wanted:
     return Wanted(f, kind, False, frozenset(holders))
 
 
+_made: list[Puller] = []
+
+
+@pytest.fixture(autouse=True)
+def _counters_stay_consistent():
+    """Every test's pullers end with their slot and byte counters equal to what they count."""
+    _made.clear()
+    yield
+    assert all(p.counters_consistent() for p in _made)
+
+
 def new_puller(**kw) -> Puller:
     ids = itertools.count(1)
-    return Puller("F", lambda: next(ids), rng=random.Random(0), **kw)
+    p = Puller("F", lambda: next(ids), rng=random.Random(0), **kw)
+    _made.append(p)
+    return p
 
 
 def of(actions, kind):

@@ -243,6 +243,9 @@ class Puller:
         self._interest: set[Peer] = set()
         self._interest_dirty = False
         self.bytes_received = 0
+        # kept with every job state change (_set_state): read per need row, so never summed
+        self._active = 0  # jobs not yet applying (they hold a slot)
+        self._committed = 0  # bytes of jobs preparing or downloading
 
     # --- plumbing ------------------------------------------------------------------
     def actions(self) -> list[Action]:
@@ -328,10 +331,31 @@ class Puller:
         return self._slots_used() < self.max_jobs or len(self._others) < APPLY_BATCH
 
     def _slots_used(self) -> int:
-        return sum(1 for j in self._jobs.values() if j.state != APPLYING)
+        return self._active
+
+    def _set_state(self, job: _Job, new: str | None, *, fresh: bool = False) -> None:
+        """`job` (just created if `fresh`) goes from its state to `new` (None: it is gone); the
+        slot and byte counters follow."""
+        size = job.file.size
+        for state, sign in ((None if fresh else job.state, -1), (new, 1)):
+            if state is None:
+                continue
+            if state != APPLYING:
+                self._active += sign
+            if state in (PREPARING, DOWNLOADING):
+                self._committed += sign * size
+        if new is not None:
+            job.state = new
+
+    def counters_consistent(self) -> bool:
+        """The kept counters equal what they count (for tests and the simulator)."""
+        jobs = self._jobs.values()
+        return self._active == sum(j.state != APPLYING for j in jobs) and self._committed == sum(
+            j.file.size for j in jobs if j.state in (PREPARING, DOWNLOADING)
+        )
 
     def _maybe_load(self) -> None:
-        if self._waiting_for_downloads and not any(j.state != APPLYING for j in self._jobs.values()):
+        if self._waiting_for_downloads and not self._active:
             self._waiting_for_downloads = False
         if self._passing and not self._loading and not self._waiting_for_downloads and self._capacity():
             self._loading = True
@@ -349,7 +373,7 @@ class Puller:
                 break
             self._cursor = (w.key, False)
         if specs:
-            self._emit(PrepareJobs(tuple(specs), self._committed_bytes(exclude=len(specs))))
+            self._emit(PrepareJobs(tuple(specs), self._committed - sum(sp.file.size for sp in specs)))
         if not stopped and exhausted:
             self._passing = False
             self._cursor = None
@@ -370,7 +394,7 @@ class Puller:
         if name in self._jobs or name in self._others or name in self._applying_others:
             return True  # under way (a change of version aborts the job and re-loads it)
         if w.kind == KIND_DELETE:
-            if any(j.state != APPLYING for j in self._jobs.values()):
+            if self._active:
                 self._waiting_for_downloads = True
                 return False
             return self._take_other(w)
@@ -381,10 +405,11 @@ class Puller:
         if self._slots_used() >= self.max_jobs:
             return False
         size = w.file.size
-        if self._slots_used() and self._committed_bytes() + size > self.max_job_bytes:
+        if self._slots_used() and self._committed + size > self.max_job_bytes:
             return False
         self._gen += 1
-        self._jobs[name] = _Job(w, self._gen)
+        job = self._jobs[name] = _Job(w, self._gen)
+        self._set_state(job, PREPARING, fresh=True)
         specs.append(JobSpec(w.file, self._gen, w.conflict))
         return True
 
@@ -393,12 +418,6 @@ class Puller:
             return False
         self._others[w.name] = w
         return True
-
-    def _committed_bytes(self, exclude: int = 0) -> int:
-        jobs = [j for j in self._jobs.values() if j.state in (PREPARING, DOWNLOADING)]
-        if exclude:
-            jobs = jobs[:-exclude] if exclude <= len(jobs) else []
-        return sum(j.file.size for j in jobs)
 
     def need_changed(self, changes: list[NeedChange]) -> None:
         """The need of these names was recomputed (index received, scan, apply)."""
@@ -447,7 +466,7 @@ class Puller:
         if len(job.have) >= n:
             self._finish(job)
             return
-        job.state = DOWNLOADING
+        self._set_state(job, DOWNLOADING)
         self.picker.add_file(name, n, job.have)
         for p in job.wanted.holders & self._connected:
             self.picker.set_full_holder(p, name)
@@ -467,6 +486,7 @@ class Puller:
         job = self._jobs.pop(name, None)
         if job is None:
             return
+        self._set_state(job, None)
         by_peer: dict[Peer, list[int]] = {}
         for peer, ref in self.picker.remove_file(name):
             rid = self._rid_of.pop((peer, ref), None)
@@ -479,7 +499,7 @@ class Puller:
             self._emit(AbortJob(name, job.gen, drop_temp))
 
     def _finish(self, job: _Job) -> None:
-        job.state = FINISHED
+        self._set_state(job, FINISHED)
         self.picker.remove_file(job.file.name)
         self._flush_apply()
 
@@ -492,7 +512,7 @@ class Puller:
         if not finished and not others:
             return
         for j in finished:
-            j.state = APPLYING
+            self._set_state(j, APPLYING)
         for w in others:
             del self._others[w.name]
             self._applying_others.add(w.name)
@@ -507,6 +527,7 @@ class Puller:
             job = self._jobs.get(spec.file.name)
             if job is not None and job.gen == spec.gen:
                 del self._jobs[spec.file.name]
+                self._set_state(job, None)
         for w in batch.others:
             self._applying_others.discard(w.name)
         self._flush_apply()
