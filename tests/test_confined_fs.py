@@ -11,6 +11,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from syncer.fs import confined
@@ -412,3 +413,21 @@ def test_serving_files_drop_touched_and_idle_fds(tmp_path):
     assert len(s) == 2 and "x0" not in s
     s.close_all()
     assert len(s) == 0
+
+
+def test_apply_over_the_same_content_keeps_no_version_but_a_different_one_is_archived(tmp_path):
+    """A file already in place with the downloaded content (a scan recorded it during the
+    download, e.g. after a crash between rename and index commit) is replaced without a
+    spurious version in the trash can; different content is archived first."""
+    root = tmp_path / "r"
+    (root / ".syncer").mkdir(parents=True)
+    fs = FolderFS(root)
+    for name, there, new in (("same", b"identical", b"identical"), ("other", b"old content", b"new content")):
+        (root / name).write_bytes(there)
+        st = os.lstat(root / name)
+        local = msgspec.structs.replace(_file(name, there, counter=1), mtime_ns=st.st_mtime_ns, size=st.st_size, inode=st.st_ino)
+        _write_temp(fs, name, new, 0o644)
+        out = apply_batch(fs, [(_file(name, new, counter=2), local, False, "X")], [], now=1_800_000_000.0)
+        assert out.errors == [] and [f.name for f in out.applied] == [name]
+        assert (root / name).read_bytes() == new
+    assert [p.name.split("~")[0] for p in (root / VERSIONS_DIR).rglob("*") if p.is_file()] == ["other"]

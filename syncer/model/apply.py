@@ -142,8 +142,11 @@ def _apply_file(fs: FolderFS, glob: FileInfo, local: FileInfo | None, conflict: 
         if st is not None:
             out.conflicts.append(_keep_as_conflict(fs, name, loser, now))
     elif st is not None and stat.S_ISREG(st.st_mode):
-        if safe_write.archive(fs, name, now) is not None:
-            out.archived.append(name)
+        # the same content already there (a scan recorded it while we downloaded, e.g. after a
+        # crash between rename and index commit): nothing to keep a version of
+        if local is None or local.blocks != glob.blocks:
+            if safe_write.archive(fs, name, now) is not None:
+                out.archived.append(name)
     elif st is not None and stat.S_ISDIR(st.st_mode):
         fs.rmdir(name)  # a directory became a file; only if empty
     out.applied.append(_identity(glob, fs.install(tmp, name, glob.mtime_ns, mode, replace=True)))
