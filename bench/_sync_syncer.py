@@ -15,6 +15,8 @@ from tests.daemons import Node
 from tests.syncfix import folder_status, share, transfer
 
 FID = "bench"
+# daemons log at INFO, as users run them (the test harness's default is DEBUG)
+os.environ.setdefault("SYNCER_NODE_LOG_LEVEL", "INFO")
 POLL = 0.05  # status polls cost the daemon CPU too; 50 ms is < 1 % of any result here
 
 
@@ -46,11 +48,25 @@ def _nodes(root: Path, names: list[str]) -> list[Node]:
     return [Node(root, n) for n in names]
 
 
+def cpu_seconds(nodes: list[Node]) -> float:
+    """User + system CPU time the nodes' daemons have used so far (core-seconds)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for n in nodes:
+        assert n.proc is not None
+        with open(f"/proc/{n.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def initial_sync(
-    root: Path, src: Path, receivers: int = 1, timeout: float = 900, before: Callable[[], None] | None = None
+    root: Path, src: Path, receivers: int = 1, timeout: float = 900, before: Callable[[], None] | None = None,
+    cpu: list[float] | None = None,
 ) -> tuple[float, list[Node]]:
     """Time from pairing (daemons already running, seed scanned) until every receiver has it
-    all; `before` runs just before the clock starts."""
+    all; `before` runs just before the clock starts; `cpu` gets the daemons' core-seconds
+    over that time appended."""
     nodes = _nodes(root, ["seed"] + [f"r{i}" for i in range(receivers)])
     try:
         share(nodes[0], src, FID)
@@ -62,6 +78,7 @@ def initial_sync(
         files = folder_status(nodes[0], FID)["local_files"]
         if before is not None:
             before()
+        c0 = cpu_seconds(nodes)
         t = time.perf_counter()
         pair_instantly(nodes)
 
@@ -73,7 +90,10 @@ def initial_sync(
             return True
 
         poll(done, timeout, "initial sync")
-        return time.perf_counter() - t, nodes
+        took = time.perf_counter() - t
+        if cpu is not None:
+            cpu.append(cpu_seconds(nodes) - c0)
+        return took, nodes
     except BaseException:
         for n in nodes:
             n.stop()

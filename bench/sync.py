@@ -245,9 +245,10 @@ def main() -> None:
         if "W5" in only:
             src = base / "w5-src"
             make_big(src, 1, big)
-            t1, nodes = sy.initial_sync(base / "w5-1to1", src, receivers=1, before=warm(2 * big))
+            cpu: list[float] = []
+            t1, nodes = sy.initial_sync(base / "w5-1to1", src, receivers=1, before=warm(2 * big), cpu=cpu)
             sy.stop_all(nodes)
-            t7, nodes = sy.initial_sync(base / "w5-1to7", src, receivers=7, before=warm(14 * big))
+            t7, nodes = sy.initial_sync(base / "w5-1to7", src, receivers=7, before=warm(14 * big), cpu=cpu)
             try:
                 up, got = sy.uploads(nodes)
             finally:
@@ -255,6 +256,9 @@ def main() -> None:
             print("W5 uploaded (MiB): " + ", ".join(f"{n} {b / MiB:.0f}" for n, b in up.items())
                   + f"; received in all {got / MiB:.0f} MiB (ideal {7 * big / MiB:.0f})", flush=True)
             rows.append((f"W5 1 -> 7 receivers of {big // MiB} MiB vs 1 -> 1 (s)", f"{t7:.1f} vs {t1:.1f} = {t7 / t1:.2f}x", "-", "-", "<= 2.5x"))
+            seed_share = up.get("seed", 0) / got if got else float("nan")
+            rows.append(("W5 seed's share of all bytes uploaded", f"{100 * seed_share:.0f} %", "-", "-", "<= 25 %"))
+            rows.append(("W5 core-seconds 1 -> 7 vs 7 x (1 -> 1)", f"{cpu[1]:.1f} vs {7 * cpu[0]:.1f} = {cpu[1] / (7 * cpu[0]):.2f}x", "-", "-", "<= 1.15x"))
     finally:
         if not os.environ.get("BENCH_DIR"):
             shutil.rmtree(base, ignore_errors=True)

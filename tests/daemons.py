@@ -83,7 +83,9 @@ class Node:
         args = [*(wrap or []), SYNCER or "syncer", "run", "--api", "127.0.0.1:0"]
         for url in listen or ["tcp://127.0.0.1:0"]:
             args += ["--listen", url]
-        env = dict(os.environ, SYNCER_HOME=str(self.home), SYNCER_LOG_LEVEL="DEBUG", **(extra_env or {}))
+        # tests read DEBUG logs on failure; benchmarks set SYNCER_NODE_LOG_LEVEL=INFO (the default)
+        env = dict(os.environ, SYNCER_HOME=str(self.home), SYNCER_LOG_LEVEL=os.environ.get("SYNCER_NODE_LOG_LEVEL", "DEBUG"))
+        env.update(extra_env or {})
         self.log = open(self.home / "daemon.log", "ab")
         with contextlib.suppress(FileNotFoundError):
             (self.home / "api-address").unlink()  # left by a daemon that was killed
