@@ -303,8 +303,8 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await relay.close()
         self._tasks.cancel()
-        for s in list(self.sessions.values()):
-            await s.close("daemon shutting down")
+        # all at once: each close may wait seconds for its peer (flush, TLS close_notify)
+        await asyncio.gather(*(s.close("daemon shutting down") for s in list(self.sessions.values())), return_exceptions=True)
         for listener in self.listeners:
             await listener.close()
         if self.model:
@@ -351,17 +351,24 @@ class Daemon:
         except (TimeoutError, SessionClosed, ConnectionError, OSError) as e:
             log.info("hello with %s failed: %s", peer.short, e or type(e).__name__)
             stream.abort()
+            self._dial_refused(expected)
             return
         mono, wall = time.monotonic(), time.time()
         info = ConnInfo(peer, stream.transport, stream.remote_address, self.device_id if expected else peer, mono, wall, route)
         session.info = info
+        # decide and register with no await in between: two handshakes finishing together must
+        # not both replace the same session (the loser would run on, orphaned, and its peer keep
+        # a connection we no longer use: a sync that never starts)
         existing = self.sessions.get(peer)
-        if existing is not None and existing.info is not None:
-            if preferred(existing.info, info) is existing.info:
-                await session.close("duplicate connection")
-                return
-            await existing.close("replaced by a better connection")
+        if existing is not None and existing.info is not None and preferred(existing.info, info) is existing.info:
+            await session.close("duplicate connection")
+            self._dial_refused(expected)
+            return
         self.sessions[peer] = session
+        if existing is not None:
+            await existing.close("replaced by a better connection")
+            if self.sessions.get(peer) is not session:
+                return  # replaced in turn while the old one closed (it closed this one)
         self.backoff.setdefault(peer, Backoff()).succeeded()
         self.upgrades.setdefault(peer, UpgradePolicy()).connected(Route[route.upper()], time.monotonic())
         log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, info.label, stream.remote_address)
@@ -384,6 +391,13 @@ class Daemon:
                 self.last_seen[str(peer)] = time.time()
                 self.events.emit(ev.DEVICE_DISCONNECTED, device=str(peer), reason=session.close_reason)
                 self._wake_dialer.set()
+
+    def _dial_refused(self, expected: DeviceId | None) -> None:
+        """Our dial reached the device but gave no session (hello failed, or the device kept
+        another connection): back off as after a failed dial, so two sides that disagree
+        never redial each other every tick."""
+        if expected is not None and expected not in self.sessions:
+            self.backoff.setdefault(expected, Backoff()).failed(time.monotonic())
 
     # dialer ------------------------------------------------------------------
     def addresses_of(self, device: DeviceId) -> list[tuple[str, str]]:

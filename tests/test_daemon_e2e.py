@@ -112,3 +112,51 @@ def test_start_stop_status_and_refuse_second_daemon(tmp_path, home):
     assert stop.returncode == 0, stop.stderr
     assert run_syncer(home, "status").returncode != 0
     assert (home / "syncer.log").exists()
+
+
+
+def _set_paired(nodes, paired: bool) -> None:
+    """Pair (or unpair) every node with every other at once: config edits first, then every
+    daemon told to reload, so they all dial each other at the same moment."""
+    from syncer.api import client
+    from syncer.config import DeviceConfig, edit_config
+    from syncer.paths import get_paths
+
+    homes = [get_paths({"SYNCER_HOME": str(n.home)}) for n in nodes]
+    for n, paths in zip(nodes, homes, strict=True):
+        with edit_config(paths.config_file) as cfg:
+            for o in nodes:
+                if o is n:
+                    continue
+                if paired:
+                    cfg.upsert_device(DeviceConfig(id=o.device_id, name=o.name, addresses=[o.listen_url()]))
+                else:
+                    cfg.remove_device(o.device_id)
+    for paths in homes:
+        client.reload_if_running(paths)
+
+
+def test_both_sides_dialing_at_once_end_with_one_working_connection(tmp_path):
+    """Both daemons are paired at the same moment and dial each other at once, several times
+    over: however the duplicate connections race, both end up on the same one and data flows
+    (two handshakes finishing together once both replaced the same session, leaving one
+    orphaned: its peer kept a connection the other side no longer used, and the sync never
+    started)."""
+    from tests.syncfix import share
+
+    with cluster(tmp_path, "a", "b") as (a, b):
+        da, db_ = tmp_path / "A", tmp_path / "B"
+        da.mkdir()
+        db_.mkdir()
+        a.start()
+        b.start()
+        share(a, da, "race1")
+        share(b, db_, "race1")
+        for i in range(8):
+            _set_paired([a, b], True)
+            (da / f"round{i}.txt").write_text(f"round {i}")
+            a.syncer("scan", "race1", check=True)
+            wait_until(lambda i=i: (db_ / f"round{i}.txt").exists() and (db_ / f"round{i}.txt").read_text() == f"round {i}", 30, f"round {i} synced")
+            wait_until(lambda: a.connected_to(b) and b.connected_to(a), 30, f"round {i}: both see the connection")
+            _set_paired([a, b], False)
+            wait_until(lambda: not any(d["connected"] for n in (a, b) for d in n.status()["devices"]), 30, f"round {i}: disconnected")
