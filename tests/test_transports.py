@@ -148,3 +148,37 @@ def test_tcp_aligned_reads_return_whole_records(identities):
             assert rest == big + b"\0\0\0\x10tail"
 
     asyncio.run(main())
+
+
+def test_tcp_aligned_reads_stay_aligned_through_a_big_record_of_zeros(identities):
+    """A record above the limit is handed over in parts, never past its end, and its bytes are
+    never taken for record lengths: a big block of zeros (a sparse file) read that way used to
+    be walked as a 4-byte record every 4 bytes (16 GiB synced at 11 MiB/s), and left the reads
+    after it misaligned."""
+
+    def rec(body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + body
+
+    async def main() -> None:
+        async with tcp_factory(*identities) as (a, b):
+            b.align_reads(1000)  # type: ignore[attr-defined]
+            big = rec(bytes(200_000))
+            small = [rec(bytes([i + 1]) * (40 + 31 * i)) for i in range(6)]
+            wire = big + b"".join(small)
+            for i in range(0, len(wire), 4099):
+                await a.write(wire[i : i + 4099])
+            got = b""
+            while len(got) < len(big):
+                chunk = await b.read(65536)
+                assert len(got) + len(chunk) <= len(big), "a read went past the big record's end"
+                got += chunk
+            while len(got) < len(wire):
+                chunk = await b.read(300)
+                pos = 0
+                while pos < len(chunk):
+                    pos += 4 + int.from_bytes(chunk[pos : pos + 4], "big")
+                assert pos == len(chunk), "reads after the big record are whole records again"
+                got += chunk
+            assert got == wire
+
+    asyncio.run(main())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import logging
 import stat
 import threading
@@ -170,7 +171,8 @@ class FolderRuntime:
         self._disk_full = ""
         self._task_error = ""
         self._changed: set[str] = set()
-        self._own_writes: dict[str, tuple[float, FileInfo]] = {}  # name -> (until, what apply wrote)
+        # name -> (until, type or -1 if deleted, size, mtime_ns, inode) of what apply wrote
+        self._own_writes: dict[str, tuple[float, int, int, int, int]] = {}
         self._own_lock = threading.Lock()
 
     # --- worker thread ---------------------------------------------------------------
@@ -752,18 +754,21 @@ class FolderRuntime:
     def _note_own_writes(self, rows: list[FileInfo]) -> None:
         """Worker: what apply just put on disk, so the watcher does not scan it again (the
         watchdog thread compares each event's file with it: a change by someone else after us
-        still gets scanned)."""
+        still gets scanned). Kept small: a few ints per name, at most OWN_WRITE_MAX names."""
         if not rows:
             return
-        expires = self.clock.monotonic() + OWN_WRITE_S
+        now = self.clock.monotonic()
+        expires = now + OWN_WRITE_S
         with self._own_lock:
             own = self._own_writes
-            if len(own) > OWN_WRITE_MAX:
-                now = self.clock.monotonic()
+            if len(own) + len(rows) > OWN_WRITE_MAX:
                 for k in [k for k, v in own.items() if v[0] < now]:
                     del own[k]
+                for k in list(itertools.islice(own, max(0, len(own) + len(rows) - OWN_WRITE_MAX))):
+                    del own[k]  # the oldest first: their events have long been delivered
             for f in rows:
-                own[f.name] = (expires, f)
+                kind = -1 if f.deleted else int(f.type)
+                own[f.name] = (expires, kind, f.size, f.mtime_ns, f.inode)
 
     def _is_own_write(self, name: str) -> bool:
         """Watchdog thread: is `name` exactly as apply left it a moment ago?"""
@@ -771,20 +776,20 @@ class FolderRuntime:
             entry = self._own_writes.get(name)
         if entry is None or entry[0] < self.clock.monotonic():
             return False
-        f = entry[1]
+        _, kind, size, mtime_ns, inode = entry
         try:
             st = self.fs.lstat_or_none(name)
         except OSError:
             return False
-        if f.deleted:
+        if kind == -1:
             return st is None
         if st is None:
             return False
-        if f.type == FileType.DIRECTORY:
+        if kind == FileType.DIRECTORY:
             return stat.S_ISDIR(st.st_mode)
-        if f.type == FileType.SYMLINK:
+        if kind == FileType.SYMLINK:
             return stat.S_ISLNK(st.st_mode)
-        return stat.S_ISREG(st.st_mode) and st.st_size == f.size and st.st_mtime_ns == f.mtime_ns and (not f.inode or st.st_ino == f.inode)
+        return stat.S_ISREG(st.st_mode) and st.st_size == size and st.st_mtime_ns == mtime_ns and (not inode or st.st_ino == inode)
 
     def _loser_short(self, local: FileInfo | None) -> str:
         if local is not None:

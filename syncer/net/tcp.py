@@ -114,6 +114,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._writing_paused = False
         self.align_limit = 0  # see TcpStream.align_reads
+        self._record_left = 0  # bytes of a big record still to hand over (aligned reads)
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -179,7 +180,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
     # used by TcpStream ------------------------------------------------------------------
     async def read(self, max_bytes: int) -> bytes:
         while True:
-            n = self._readable(max_bytes)
+            n, left = self._readable(max_bytes)
             if n or self._eof:
                 break
             self._read_waiter = asyncio.get_running_loop().create_future()
@@ -188,6 +189,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
             return b""
         data = self._view[self._start : self._start + n].tobytes()
         self._start += n
+        self._record_left = left
         self._maybe_resume()
         return data
 
@@ -201,26 +203,35 @@ class _TlsProtocol(asyncio.BufferedProtocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def _readable(self, max_bytes: int) -> int:
-        """How many buffered bytes a read returns now (0: wait for more)."""
+    def _readable(self, max_bytes: int) -> tuple[int, int]:
+        """How many buffered bytes a read returns now (0: wait for more), and how many bytes of
+        a record too big to hold back remain unread after them."""
         avail = self._end - self._start
         # a record held back must fit below the point where reading pauses
         align_limit = min(self.align_limit, self._high_water // 2)
         if not avail or not align_limit:
-            return min(max_bytes, avail)
+            return min(max_bytes, avail), 0
+        if self._record_left:
+            # inside a big record handed over in parts: its bytes are data, not lengths (a
+            # block of zeros read as lengths would be a record every 4 bytes); up to its end
+            n = min(max_bytes, avail, self._record_left)
+            return n, self._record_left - n
         # end at a record boundary: whole records only, at least one even beyond max_bytes
         pos, end = self._start, self._end
         while end - pos >= 4:
             size = 4 + _U32.unpack_from(self._buf, pos)[0]
             if size > align_limit:
-                # too big to hold back for: hand over what there is, the reader joins it
-                return min(max_bytes, avail) if pos == self._start else pos - self._start
+                if pos > self._start:
+                    return pos - self._start, 0
+                # too big to hold back for: hand it over as it comes, never past its end
+                n = min(max_bytes, avail, size)
+                return n, size - n
             if pos + size > end or (pos + size - self._start > max_bytes and pos > self._start):
                 break
             pos += size
         if pos > self._start:
-            return pos - self._start
-        return avail if self._eof else 0
+            return pos - self._start, 0
+        return (avail, 0) if self._eof else (0, 0)
 
     async def drain(self) -> None:
         while self._writing_paused and not self.lost.done():
