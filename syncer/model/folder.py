@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 INDEX_PAGE = 1000  # rows read from the DB per step of sending an index
 INDEX_MESSAGE_BYTES = 4 << 20  # an Index/IndexUpdate is cut at about this encoded size
-INTAKE_LIMIT_BYTES = 64 << 20  # index data queued for the worker before reading from a peer pauses
+INTAKE_LIMIT_BYTES = 4 << 20  # index data queued for the worker before reading from a peer pauses (estimated encoded size; decoded it is several times that)
 HASH_IN_THREAD = 64 << 10  # blocks at least this big are verified off the event loop
 TEMP_KEEP_S = 24 * 3600  # an unneeded download temp file is removed after this long untouched
 MANY_CHANGES = 5000  # beyond this many need changes at once the puller gets a summary

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INTEREST_WINDOW = 30.0  # a peer that requested this recently counts as interested
-SESSION_QUEUE_BYTES = 64 << 20  # cluster configs and indexes queued per session before reading pauses
+SESSION_QUEUE_BYTES = 4 << 20  # cluster configs and indexes queued per session before reading pauses (estimated encoded size; one 4 MiB index message always fits)
 SLOT_BITS = 40  # request ids: folder slot in the high bits, so answers route without a table
 MAX_LABEL = 256
 
