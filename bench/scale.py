@@ -83,6 +83,14 @@ def _copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".complete"))
 
 
+def _figures(n: int, scan: float, index: float, sync: float, rescan: float, sender: int, receiver: int) -> dict[str, float]:
+    """One tool's row, the daemons still running (their peak RSS is read now)."""
+    return {
+        "scan_s": scan, "index_s": index, "sync_s": sync, "files_per_s": n / sync,
+        "rescan_s": rescan, "rss_sender_mib": peak_rss_mib(sender), "rss_receiver_mib": peak_rss_mib(receiver),
+    }
+
+
 def syncer_run(root: Path, data: Path, n: int) -> dict[str, float]:
     src, dst = root / "sy-src", root / "sy-dst"
     _copy_tree(data, src)
@@ -114,10 +122,7 @@ def syncer_run(root: Path, data: Path, n: int) -> dict[str, float]:
         client.call(get_paths({"SYNCER_HOME": str(a.home)}), "POST", f"/rest/scan?folder={FID}", timeout=3600)
         rescan = time.perf_counter() - t2
         assert a.proc is not None and b.proc is not None
-        return {
-            "scan_s": scan, "index_s": (index_at or time.perf_counter()) - t1, "sync_s": sync, "files_per_s": n / sync,
-            "rescan_s": rescan, "rss_sender_mib": peak_rss_mib(a.proc.pid), "rss_receiver_mib": peak_rss_mib(b.proc.pid),
-        }
+        return _figures(n, scan, (index_at or time.perf_counter()) - t1, sync, rescan, a.proc.pid, b.proc.pid)
     finally:
         a.stop()
         b.stop()
@@ -159,10 +164,7 @@ def syncthing_run(root: Path, data: Path, n: int) -> dict[str, float]:
             pass
         rescan = time.perf_counter() - t2
         assert a.proc is not None and b.proc is not None
-        return {
-            "scan_s": scan, "index_s": (index_at or time.perf_counter()) - t1, "sync_s": sync, "files_per_s": n / sync,
-            "rescan_s": rescan, "rss_sender_mib": peak_rss_mib(a.proc.pid), "rss_receiver_mib": peak_rss_mib(b.proc.pid),
-        }
+        return _figures(n, scan, (index_at or time.perf_counter()) - t1, sync, rescan, a.proc.pid, b.proc.pid)
     finally:
         a.stop()
         b.stop()

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from tests.daemons import Node, wait_until
 
 SKIP_NAMES = {".syncer"}
+
+
+def snapshot(top: Path) -> dict[str, tuple[Any, ...]]:
+    """Every entry below `top` (nothing skipped): type and mode, size, mtime and content (or
+    link target), so a test can assert that nothing outside a folder changed at all."""
+    st = os.lstat(top)
+    out: dict[str, tuple[Any, ...]] = {".": (oct(st.st_mode), st.st_mtime_ns)}
+    for dirpath, dirs, files in os.walk(top):
+        for n in dirs + files:
+            p = Path(dirpath) / n
+            st = os.lstat(p)
+            body = p.read_bytes() if stat.S_ISREG(st.st_mode) else os.readlink(p) if stat.S_ISLNK(st.st_mode) else None
+            out[str(p.relative_to(top))] = (oct(st.st_mode), st.st_size, st.st_mtime_ns, body)
+    return out
 
 
 def tree(root: Path) -> dict[str, Any]:

@@ -24,19 +24,7 @@ from syncer.index.version import VersionVector
 from syncer.model import safe_write
 from syncer.model.apply import apply_batch
 from syncer.scan import Scanner
-
-
-def snapshot(top: Path) -> dict[str, tuple]:
-    """Every entry below `top` with its type, mode, size, mtime and content: byte for byte and
-    mode for mode."""
-    out: dict[str, tuple] = {".": (oct(os.lstat(top).st_mode), os.lstat(top).st_mtime_ns)}
-    for dirpath, dirs, files in os.walk(top):
-        for n in dirs + files:
-            p = Path(dirpath) / n
-            st = os.lstat(p)
-            body = p.read_bytes() if stat.S_ISREG(st.st_mode) else os.readlink(p) if stat.S_ISLNK(st.st_mode) else None
-            out[str(p.relative_to(top))] = (oct(st.st_mode), st.st_size, st.st_mtime_ns, body)
-    return out
+from tests.syncfix import snapshot
 
 
 @pytest.fixture

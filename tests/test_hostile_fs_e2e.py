@@ -30,25 +30,12 @@ from syncer.wire import (
 )
 from tests.daemons import Node, cluster, wait_until
 from tests.hostile import HostilePeer, deleted_entry, dir_entry, file_entry, symlink_entry
-from tests.syncfix import folder_status, share
+from tests.syncfix import folder_status, share, snapshot
 
 pytestmark = pytest.mark.e2e
 FID = "hostile-fs"
 SECRET = b"-----BEGIN PRIVATE KEY----- not for peers"
 MTIME = 1_700_000_000_000_000_000
-
-
-def snapshot(top: Path) -> dict[str, tuple]:
-    """Every entry below `top`: type and mode, size, mtime and content (or link target)."""
-    st = os.lstat(top)
-    out: dict[str, tuple] = {".": (oct(st.st_mode), st.st_mtime_ns)}
-    for dirpath, dirs, files in os.walk(top):
-        for n in dirs + files:
-            p = Path(dirpath) / n
-            st = os.lstat(p)
-            body = p.read_bytes() if stat.S_ISREG(st.st_mode) else os.readlink(p) if stat.S_ISLNK(st.st_mode) else None
-            out[str(p.relative_to(top))] = (oct(st.st_mode), st.st_size, st.st_mtime_ns, body)
-    return out
 
 
 def make_outside(tmp_path: Path) -> Path:
