@@ -241,6 +241,30 @@ def test_index_frames_allow_large_batches_control_frames_do_not():
         encode(Close("x" * (2 << 20)))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.integers(1, 64), st.integers(64 << 10, 1 << 20)), min_size=1, max_size=12).filter(lambda s: max(s) >= 64 << 10))
+def test_big_pieces_are_assembled_once_whatever_the_reads(steps):
+    # blocks of 1-3 MiB with small frames between them, read in arbitrary pieces: every message
+    # comes out whole, and a big frame is held once (buffered never exceeds the frame + a header)
+    blocks = [bytes([i]) * (frames.ASSEMBLE_FROM + i * 777_777) for i in range(3)]
+    msgs = [Piece(1, blocks[0]), Have("f", "n", [(1, 2)], 3), Piece(2, blocks[1]), Ping(), Piece(3, blocks[2])]
+    stream = b"".join(encode(m) for m in msgs)
+    d, out, pos, i = FrameDecoder(), [], 0, 0
+    while pos < len(stream):
+        n = steps[i % len(steps)]
+        out += d.feed(memoryview(stream)[pos : pos + n])
+        assert d.buffered <= max(len(b) for b in blocks) + 32
+        pos, i = pos + n, i + 1
+    assert out == msgs and d.buffered == 0
+    assert [bytes(m.data) for m in out if isinstance(m, Piece)] == blocks
+
+
+def test_a_big_frame_over_the_limit_is_refused_from_its_header():
+    head = frames.HEADER.pack(1 + 8 + frames.MAX_PIECE_DATA + 1, frames.TYPE_OF[Piece])
+    with pytest.raises(frames.FrameError):
+        FrameDecoder().feed(head + b"\0" * 100)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=600))
 def test_fuzz_decoder_never_raises(data):

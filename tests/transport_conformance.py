@@ -77,6 +77,14 @@ async def check_order_of_many_small_writes(a: Stream, b: Stream, *_: Any) -> Non
     assert await read_exactly(b, 5 * 2000) == b"".join(msgs)
 
 
+async def check_big_payload_among_small_ones(a: Stream, b: Stream, *_: Any) -> None:
+    # a block bigger than the transport's write slice, between a header and a trailer
+    parts = [b"head", os.urandom((5 << 20) + 3), b"tail", memoryview(os.urandom(3 << 20))[1:]]
+    want = b"".join(parts)
+    _, got = await asyncio.gather(a.writelines(parts), read_exactly(b, len(want)))
+    assert got == want
+
+
 async def check_close_delivers_pending_then_eof(a: Stream, b: Stream, *_: Any) -> None:
     payload = os.urandom(1 << 20)
     await a.write(payload)
@@ -103,6 +111,7 @@ CHECKS = [
     check_echo_both_ways,
     check_bulk_concurrent,
     check_order_of_many_small_writes,
+    check_big_payload_among_small_ones,
     check_close_delivers_pending_then_eof,
     check_abort_unblocks_peer,
 ]

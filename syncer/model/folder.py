@@ -826,34 +826,39 @@ class FolderRuntime:
             log.warning("folder %s: %d items not synced now, e.g. %s: %s", self.id, len(other), other[0][0], other[0][1])
 
     # --- pieces --------------------------------------------------------------------------------
-    def on_piece(self, dev: DeviceId, msg: Piece) -> None:
+    def on_piece(self, dev: DeviceId, msg: Piece) -> asyncio.Event | None:
+        """Verify and write a piece; an event to wait for before reading on when the verify
+        pool has too much queued (runtime/backlog.py)."""
         exp = self.puller.piece_arrived(dev, msg.id, len(msg.data))
         if exp is None:
             st = self.stats.get(dev)
             if st is not None and self.puller.picker.is_banned(dev):
                 st.bad_blocks += 1
             self._kick()
-            return
+            return None
         jf = self.jobfiles.get(exp.name)
         if jf is None or jf.gen != exp.gen:
             self.puller.block_done(dev, exp, False, local_error=True)
             self._kick()
-            return
+            return None
         data = msg.data
         if len(data) < HASH_IN_THREAD:
             try:
                 result = write_block(jf, data, exp.hash, exp.offset)
             except OSError as e:
                 self._write_failed(jf, e)
-                return
+                return None
             self._block_written(dev, exp, result)
         else:
             # verified and written by the pool while the session goes on reading: hashing runs
             # on the other core, and one slow block does not stall the pipeline
             fut = asyncio.get_running_loop().run_in_executor(self.model.hasher, write_block, jf, data, exp.hash, exp.offset)
             fut.add_done_callback(lambda f: self._pool_done(dev, exp, jf, f))
+            return self.model.verify_backlog.add(exp.size)
+        return None
 
     def _pool_done(self, dev: DeviceId, exp: Expected, jf: JobFile, fut: asyncio.Future[str]) -> None:
+        self.model.verify_backlog.done(exp.size)
         if fut.cancelled():
             return
         try:

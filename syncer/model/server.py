@@ -102,23 +102,9 @@ class BlockServer:
                 reads = [j for j in batch if isinstance(j.result, str)]
                 if reads:
                     await asyncio.get_running_loop().run_in_executor(self.executor, _read_all, reads, self._db)
-                sent = 0
-                for j in batch:
-                    if isinstance(j.result, int):
-                        session.send(PieceError(j.req.id, j.result))
-                        continue
-                    if isinstance(j.result, str):  # could not be read after all
-                        session.send(PieceError(j.req.id, ERR_NO_SUCH_FILE if j.result == "no-file" else ERR_NO_SUCH_BLOCK))
-                        if j.result == "changed" and j.folder is not None:
-                            j.folder.file_changed(j.req.name)
-                        continue
-                    session.send_piece(j.req.id, j.result)
-                    sent += len(j.result)
-                    if j.folder is not None:
-                        st = j.folder.stats.get(dev)
-                        if st is not None:
-                            st.bytes_out += len(j.result)
-                            st.blocks_out += 1
+                    reads.clear()
+                sent = _send_batch(session, batch)
+                batch.clear()  # the blocks now belong to the session's queue alone
                 if sent:
                     wait = self._bucket().take(sent, self._now())
                     if wait > 0:
@@ -137,6 +123,28 @@ class BlockServer:
             return _Job(req, folder, result=ERR_CHOKED)
         temp = folder.temp_block(req.name, req.block_index, req.offset, req.size, req.hash)
         return _Job(req, folder, temp, result="read")
+
+
+def _send_batch(session: PeerSession, batch: list[_Job]) -> int:
+    """Queue the answers of a batch that was read; the bytes of block data queued."""
+    dev, sent = session.device, 0
+    for j in batch:
+        if isinstance(j.result, int):
+            session.send(PieceError(j.req.id, j.result))
+            continue
+        if isinstance(j.result, str):  # could not be read after all
+            session.send(PieceError(j.req.id, ERR_NO_SUCH_FILE if j.result == "no-file" else ERR_NO_SUCH_BLOCK))
+            if j.result == "changed" and j.folder is not None:
+                j.folder.file_changed(j.req.name)
+            continue
+        session.send_piece(j.req.id, j.result)
+        sent += len(j.result)
+        if j.folder is not None:
+            st = j.folder.stats.get(dev)
+            if st is not None:
+                st.bytes_out += len(j.result)
+                st.blocks_out += 1
+    return sent
 
 
 def _read_all(jobs: list[_Job], db_for_thread: Callable[[], IndexDB]) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from syncer.fs import layout
+from syncer.fs.blockhash import sha256_at
 from syncer.fs.confined import FolderFS
 from syncer.fs.serving import ServingFiles
 from syncer.index.db import LOCAL, IndexDB
@@ -158,11 +159,9 @@ class Storage:
         for i, h in enumerate(glob.blocks):
             off = i * bs
             size = min(bs, glob.size - off)
-            if off + size <= existing:
-                data = os.pread(fd, size, off)
-                if hashlib.sha256(data).digest() == h:
-                    have.add(i)
-                    continue
+            if off + size <= existing and sha256_at(fd, off, size) == h:
+                have.add(i)
+                continue
             local = self._local_block(db, h, size) if h in known else None
             if local is not None:
                 os.pwrite(fd, local, off)

@@ -27,6 +27,7 @@ from syncer.index.version import short_id
 from syncer.model.folder import FolderRuntime
 from syncer.model.server import BlockServer
 from syncer.pending import PendingStore
+from syncer.runtime.backlog import Backlog
 from syncer.runtime.clock import Clock, SystemClock, sleep_until
 from syncer.runtime.supervisor import Supervisor
 from syncer.transfer.choker import Choker, ChokeStats
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 INTEREST_WINDOW = 30.0  # a peer that requested this recently counts as interested
 SESSION_QUEUE_BYTES = 4 << 20  # cluster configs and indexes queued per session before reading pauses (estimated encoded size; one 4 MiB index message always fits)
+VERIFY_BACKLOG_BYTES = 32 << 20  # received blocks waiting for the verify pool before reading pauses (two 16 MiB blocks keep both threads busy)
 SLOT_BITS = 40  # request ids: folder slot in the high bits, so answers route without a table
 MAX_LABEL = 256
 
@@ -103,6 +105,7 @@ class SyncModel:
         self.supervisor = Supervisor("sync model", self.clock)
         self._local = threading.local()
         self.hasher = ThreadPoolExecutor(2, thread_name_prefix="verify")
+        self.verify_backlog = Backlog(VERIFY_BACKLOG_BYTES)  # bytes queued for the hasher
         self.serve_pool = ThreadPoolExecutor(1, thread_name_prefix="serve")
         self._control: dict[DeviceId, _Control] = {}
         self._rechoke_wake = asyncio.Event()
@@ -332,7 +335,7 @@ class SyncModel:
         if isinstance(msg, Piece):
             f = self._slots.get(msg.id >> SLOT_BITS)
             if f is not None:
-                f.on_piece(dev, msg)
+                return f.on_piece(dev, msg)
         elif isinstance(msg, Request):
             self.last_request[dev] = self.clock.monotonic()
             self.server.request(dev, msg)

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0  # accept -> TLS handshake done
 STREAM_LIMIT = 4 << 20
 WRITE_HIGH_WATER = 4 << 20
+WRITE_SLICE = 1 << 20  # larger payloads are handed to TLS in slices of this size
 READ_BUFFER = 256 << 10  # initial receive buffer per connection; grows while data is held
 READ_HIGH_WATER = 4 << 20  # unread bytes at which reading from the socket pauses
 MIN_READ_ROOM = 256 << 10
@@ -277,9 +278,26 @@ class TcpStream(Stream):
         # not joined: a small header costs a TLS record of its own (~30 bytes), joining would
         # cost a copy of every payload byte on the event loop; the SSL transport encrypts
         # the list and hands the socket all of it at once
+        batch: list[bytes | bytearray | memoryview] = []
+        for c in chunks:
+            if len(c) <= WRITE_SLICE:
+                if c:
+                    batch.append(c)
+                continue
+            # a big block goes in slices, waiting for room in between: handed over whole, the
+            # SSL layer would hold it twice more (encrypted, then in the socket's buffer)
+            view = memoryview(c)
+            for i in range(0, len(view), WRITE_SLICE):
+                batch.append(view[i : i + WRITE_SLICE])
+                await self._write(batch)
+                batch = []
+        await self._write(batch)
+
+    async def _write(self, batch: list[bytes | bytearray | memoryview]) -> None:
         if self._closed or self._transport.is_closing():
             raise ConnectionResetError("stream closed")
-        self._transport.writelines([c for c in chunks if c])
+        if batch:
+            self._transport.writelines(batch)
         await self._proto.drain()
 
     async def close(self) -> None:

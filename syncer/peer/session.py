@@ -255,6 +255,7 @@ class PeerSession:
                     chunks.extend(parts)
                     n += sum(len(p) for p in parts)
                 await self.stream.writelines(chunks)
+                chunks.clear()  # a written block is freed before the producers make the next one
                 self._queued -= n
                 self.up.add(n, self.clock.monotonic())
                 if self._queued < LOW_QUEUE_BYTES:

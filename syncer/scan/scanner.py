@@ -15,7 +15,6 @@ root-level `.syncerignore` is never announced (it is local to each device).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from syncer.errors import FolderError
+from syncer.fs.blockhash import sha256_at
 from syncer.fs.confined import FolderFS, UnsafePath
 from syncer.fs.layout import MARKER, MAX_DEPTH, TEMP_PREFIX, TEMP_SUFFIX
 from syncer.ignore import Ignore
@@ -103,10 +103,10 @@ def _hash_fd(fd: int, offset: int, length: int, bs: int, expect: tuple[int, int]
         pos = offset
         while pos < end:
             want = min(bs, end - pos)
-            data = os.pread(fd, want, pos)
-            if len(data) != want:
+            digest = sha256_at(fd, pos, want)
+            if digest is None:
                 raise FileChanged("file shrank while hashing")
-            out.append(hashlib.sha256(data).digest())
+            out.append(digest)
             pos += want
         st = os.fstat(fd)
         if (st.st_size, st.st_mtime_ns) != expect:

@@ -18,6 +18,7 @@ PIECE_ID = struct.Struct(">Q")
 MAX_PIECE_DATA = 16 << 20  # largest block size
 MAX_INDEX_FRAME = 32 << 20  # senders split indexes into batches well below this
 MAX_CONTROL_FRAME = 1 << 20
+ASSEMBLE_FROM = 1 << 20  # frames at least this big are assembled in a buffer of their size
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders = {t: msgspec.msgpack.Decoder(cls) for t, cls in TYPES.items() if cls is not Piece}
@@ -72,32 +73,48 @@ def decode_body(type_byte: int, body: memoryview) -> Message:
 class FrameDecoder:
     """Turns received bytes into messages.
 
-    Frames that arrive whole are decoded straight from the received buffer; a frame split over
-    several reads is kept as a list of chunks and joined once, when its last byte arrives. So
-    every byte is copied at most once, and Piece payloads are views of immutable buffers.
+    Frames that arrive whole are decoded straight from the received buffer. A small frame split
+    over several reads is kept as a list of chunks and joined once, when its last byte arrives;
+    a big one (a block of up to 16 MiB) is copied into a buffer of its size as it comes, so it is
+    held once, not as chunks and then joined. Every byte is copied at most once, and Piece
+    payloads are views of buffers nothing else writes to.
     """
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._have = 0
         self._need = 0  # bytes needed before the pending chunks can be parsed again
+        self._big: memoryview | None = None  # the big frame being filled, header included
+        self._fill = 0
 
     @property
     def buffered(self) -> int:
-        return self._have
+        return self._have + self._fill
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Decoded messages; raises FrameError on the first invalid frame."""
+        out: list[Message] = []
+        if self._big is not None:
+            big = self._big
+            take = min(len(data), len(big) - self._fill)
+            big[self._fill : self._fill + take] = memoryview(data)[:take]
+            self._fill += take
+            if self._fill < len(big):
+                return out
+            self._big, self._fill = None, 0
+            out.append(decode_body(big[4], big[HEADER.size :]))
+            if take == len(data):
+                return out
+            data = memoryview(data)[take:]
         if not isinstance(data, bytes):
             data = bytes(data)
         if self._chunks:
             self._chunks.append(data)
             self._have += len(data)
             if self._have < self._need:
-                return []
+                return out
             data = b"".join(self._chunks)
             self._chunks, self._have = [], 0
-        out: list[Message] = []
         view = memoryview(data)
         pos, end = 0, len(data)
         while end - pos >= 4:
@@ -109,6 +126,12 @@ class FrameDecoder:
             if length > max_frame(t):
                 raise FrameError(f"frame of {length} bytes for type 0x{t:02x} exceeds the limit")
             if end - pos < 4 + length:
+                if length >= ASSEMBLE_FROM:
+                    big = memoryview(bytearray(4 + length))
+                    self._fill = end - pos
+                    big[: self._fill] = view[pos:end]
+                    self._big = big
+                    return out
                 break
             out.append(decode_body(t, view[pos + HEADER.size : pos + 4 + length]))
             pos += 4 + length
