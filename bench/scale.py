@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import _sync_others as others
@@ -91,6 +92,16 @@ def _figures(n: int, scan: float, index: float, sync: float, rescan: float, send
     }
 
 
+def _median_time(run: Callable[[], object], times: int = 3) -> float:
+    """Median wall time of `times` runs (the unchanged rescan)."""
+    out = []
+    for _ in range(times):
+        t = time.perf_counter()
+        run()
+        out.append(time.perf_counter() - t)
+    return sorted(out)[len(out) // 2]
+
+
 def syncer_run(root: Path, data: Path, n: int) -> dict[str, float]:
     src, dst = root / "sy-src", root / "sy-dst"
     _copy_tree(data, src)
@@ -118,9 +129,14 @@ def syncer_run(root: Path, data: Path, n: int) -> dict[str, float]:
 
         poll(done, 7200, "initial sync")
         sync = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        client.call(get_paths({"SYNCER_HOME": str(a.home)}), "POST", f"/rest/scan?folder={FID}", timeout=3600)
-        rescan = time.perf_counter() - t2
+
+        def settled() -> bool:  # the sender knows the receiver is complete and has nothing to do
+            st = folder_status(a, FID)
+            return st["state"] == "idle" and list(st["device_completion"].values()) == [100.0]
+
+        poll(settled, 3600, "the sender settled")
+        paths = get_paths({"SYNCER_HOME": str(a.home)})
+        rescan = _median_time(lambda: client.call(paths, "POST", f"/rest/scan?folder={FID}", timeout=3600))
         assert a.proc is not None and b.proc is not None
         return _figures(n, scan, (index_at or time.perf_counter()) - t1, sync, rescan, a.proc.pid, b.proc.pid)
     finally:
@@ -158,11 +174,15 @@ def syncthing_run(root: Path, data: Path, n: int) -> dict[str, float]:
 
         poll(done, 7200, "syncthing sync")
         sync = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        req = urllib.request.Request(f"http://127.0.0.1:{a.gui_port}/rest/db/scan?folder=bench", method="POST", headers={"X-API-Key": a.apikey})
-        with urllib.request.urlopen(req, timeout=3600):
-            pass
-        rescan = time.perf_counter() - t2
+        poll(lambda: a.api(f"/rest/db/completion?folder=bench&device={b.device_id}").get("completion") == 100 and a.status()["state"] == "idle",
+             3600, "syncthing's sender settled")
+
+        def rescan_once() -> None:
+            req = urllib.request.Request(f"http://127.0.0.1:{a.gui_port}/rest/db/scan?folder=bench", method="POST", headers={"X-API-Key": a.apikey})
+            with urllib.request.urlopen(req, timeout=3600):
+                pass
+
+        rescan = _median_time(rescan_once)
         assert a.proc is not None and b.proc is not None
         return _figures(n, scan, (index_at or time.perf_counter()) - t1, sync, rescan, a.proc.pid, b.proc.pid)
     finally:
