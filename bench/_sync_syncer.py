@@ -21,12 +21,16 @@ POLL = 0.05  # status polls cost the daemon CPU too; 50 ms is < 1 % of any resul
 
 
 def poll(pred, timeout: float, what: str) -> None:
-    """wait_until with a fixed interval: its back-off would add up to 0.25 s to a result."""
-    deadline = time.monotonic() + timeout
+    """wait_until with a short interval (its back-off would add up to 0.25 s to a result) that
+    grows to 1 % of the time waited so far, at most 1 s: a status call costs the benchmark
+    process and the daemon some CPU, and 20 a second for a 20-minute sync took a third of a core."""
+    start = time.monotonic()
+    deadline = start + timeout
     while not pred():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(POLL)
+        time.sleep(min(1.0, max(POLL, 0.01 * (now - start))))
 
 
 def pair_instantly(nodes: list[Node]) -> None:

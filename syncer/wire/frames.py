@@ -18,7 +18,7 @@ PIECE_ID = struct.Struct(">Q")
 MAX_PIECE_DATA = 16 << 20  # largest block size
 MAX_INDEX_FRAME = 32 << 20  # senders split indexes into batches well below this
 MAX_CONTROL_FRAME = 1 << 20
-ASSEMBLE_FROM = 1 << 20  # frames at least this big are assembled in a buffer of their size
+ASSEMBLE_FROM = 1 << 20  # Piece frames at least this big are assembled in a buffer of their size
 
 _encoder = msgspec.msgpack.Encoder()
 _decoders = {t: msgspec.msgpack.Decoder(cls) for t, cls in TYPES.items() if cls is not Piece}
@@ -75,7 +75,7 @@ class FrameDecoder:
 
     Frames that arrive whole are decoded straight from the received buffer. A small frame split
     over several reads is kept as a list of chunks and joined once, when its last byte arrives;
-    a big one (a block of up to 16 MiB) is copied into a buffer of its size as it comes, so it is
+    a big Piece (a block of up to 16 MiB) is copied into a buffer of its size as it comes, so it is
     held once, not as chunks and then joined. Every byte is copied at most once, and Piece
     payloads are views of buffers nothing else writes to.
     """
@@ -126,7 +126,7 @@ class FrameDecoder:
             if length > max_frame(t):
                 raise FrameError(f"frame of {length} bytes for type 0x{t:02x} exceeds the limit")
             if end - pos < 4 + length:
-                if length >= ASSEMBLE_FROM:
+                if length >= ASSEMBLE_FROM and t == _PIECE_TYPE:  # at most one block: 16 MiB
                     big = memoryview(bytearray(4 + length))
                     self._fill = end - pos
                     big[: self._fill] = view[pos:end]
