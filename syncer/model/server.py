@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH_BYTES = 4 << 20  # served per hand-off to the serving thread
+BIG_BLOCK = 4 << 20  # blocks this big are read only when the session's queue is empty
 
 
 @dataclass
@@ -92,7 +93,9 @@ class BlockServer:
                     q.wake.clear()
                     await q.wake.wait()
                     continue
-                await session.wait_writable()
+                # a big block is read only once the previous one is on its way (TLS still holds
+                # a few MiB to send meanwhile): two 16 MiB blocks alive at once were the seed's peak
+                await session.wait_writable(empty=next(iter(q.requests.values())).size >= BIG_BLOCK)
                 batch: list[_Job] = []
                 size = 0
                 while q.requests and size < BATCH_BYTES:

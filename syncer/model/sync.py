@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 INTEREST_WINDOW = 30.0  # a peer that requested this recently counts as interested
 SESSION_QUEUE_BYTES = 4 << 20  # cluster configs and indexes queued per session before reading pauses (estimated encoded size; one 4 MiB index message always fits)
-VERIFY_BACKLOG_BYTES = 32 << 20  # received blocks waiting for the verify pool before reading pauses (two 16 MiB blocks keep both threads busy)
+VERIFY_BACKLOG_BYTES = 16 << 20  # received blocks waiting for the verify pool before reading pauses (up to two 16 MiB blocks: both threads busy)
 SLOT_BITS = 40  # request ids: folder slot in the high bits, so answers route without a table
 MAX_LABEL = 256
 

@@ -219,9 +219,10 @@ class PeerSession:
     def writable(self) -> bool:
         return self._queued < LOW_QUEUE_BYTES
 
-    async def wait_writable(self) -> None:
-        """Until the queue is short enough for more bulk data; raises once the session closed."""
-        while not self.writable():
+    async def wait_writable(self, empty: bool = False) -> None:
+        """Until the queue is short enough for more bulk data (`empty`: until all of it went to
+        the transport); raises once the session closed."""
+        while not self.writable() or (empty and self._queued):
             if self._closed.is_set():
                 raise ConnectionResetError("session closed")
             self._room.clear()
