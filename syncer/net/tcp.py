@@ -277,7 +277,7 @@ class TcpStream(Stream):
     async def writelines(self, chunks: Sequence[bytes | bytearray | memoryview]) -> None:
         # not joined: a small header costs a TLS record of its own (~30 bytes), joining would
         # cost a copy of every payload byte on the event loop; the SSL transport encrypts
-        # the list and hands the socket all of it at once
+        # each batch below and hands the socket all of it at once
         batch: list[bytes | bytearray | memoryview] = []
         for c in chunks:
             if len(c) <= WRITE_SLICE:

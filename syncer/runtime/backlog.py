@@ -17,7 +17,7 @@ class Backlog:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.pending = 0
-        self.peak = 0  # largest `pending` seen (status and tests)
+        self.peak = 0  # largest `pending` seen (for tests and debugging)
         self.room = asyncio.Event()
         self.room.set()
 
