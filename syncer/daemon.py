@@ -46,6 +46,7 @@ from syncer.peer.connections import ConnInfo, preferred
 from syncer.peer.session import PeerSession, SessionClosed
 from syncer.pending import PendingStore
 from syncer.relay.client import RelayTransport
+from syncer.runtime import eventloop
 from syncer.runtime.tasks import TaskSet
 
 log = logging.getLogger("syncer.daemon")
@@ -635,6 +636,9 @@ def run_daemon(paths: Paths, listen: list[str] | None = None, api: str | None = 
     logging.getLogger("asyncio").addFilter(LostConnectionWrites())
     for url in listen or []:
         Address.parse(url)
+    loop_name, factory = eventloop.loop_factory()  # a bad SYNCER_EVENT_LOOP stops us here
+    log.debug("event loop: %s", loop_name)
     with pid_lock(paths):
         daemon = Daemon(paths, listen, api)
-        asyncio.run(daemon.run())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(daemon.run())

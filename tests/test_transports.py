@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from syncer.identity import Identity, load_or_create
 from syncer.nat.rendezvous import PunchResponder, punch_and_connect
@@ -109,10 +110,16 @@ FACTORIES = {
 }
 
 
+# the daemon runs on uvloop where it is installed (runtime/eventloop.py), else on asyncio's loop:
+# every transport must behave the same on both
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
 @pytest.mark.parametrize("check", conf.CHECKS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_transport_conformance(name, check, identities):
-    conf.run_check(FACTORIES[name], check, *identities)
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_transport_conformance(loop, name, check, identities):
+    conf.run_check(FACTORIES[name], check, *identities, loop_factory=LOOPS[loop])
 
 
 def test_tcp_aligned_reads_return_whole_records(identities):

@@ -117,7 +117,13 @@ CHECKS = [
 ]
 
 
-def run_check(factory: PairFactory, check: Callable[..., Any], ida: Identity, idb: Identity) -> None:
+def run_check(
+    factory: PairFactory,
+    check: Callable[..., Any],
+    ida: Identity,
+    idb: Identity,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+) -> None:
     async def main() -> None:
         async with factory(ida, idb) as (a, b):
             # as the daemon's pairing gate does: both peers are accepted (full-size buffers)
@@ -129,4 +135,5 @@ def run_check(factory: PairFactory, check: Callable[..., Any], ida: Identity, id
                 a.abort()
                 b.abort()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())

@@ -14,7 +14,7 @@ import collections
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from syncer.bt.bitfield import Bitfield
 from syncer.bt.wire import Handshake, Message, PeerConnection
@@ -70,8 +70,8 @@ class PeerLink(asyncio.Protocol):
 
     # --- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport; uvloop's are not asyncio.Transport subclasses
+        transport = self.transport = cast(asyncio.Transport, transport)
         if self.closed:  # refused before the transport existed (too many connections)
             transport.abort()
             return

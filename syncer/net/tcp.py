@@ -20,6 +20,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from syncer.identity import Identity
 from syncer.net import tls
@@ -121,9 +122,9 @@ class _TlsProtocol(asyncio.BufferedProtocol):
 
     # asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream socket's (TLS or not) always is
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # a stream socket's transport (TLS or not); uvloop's are not asyncio.Transport subclasses
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._start == self._end:
@@ -411,7 +412,7 @@ class TcpListener(Listener):
         try:
             await _readable(self._loop, conn, HANDSHAKE_TIMEOUT)
             self.gate.busy(ticket)
-            _, proto = await self._loop.connect_accepted_socket(
+            transport, _ = await self._loop.connect_accepted_socket(
                 lambda: _TlsProtocol(preauth=True),
                 conn,
                 ssl=self._ctx,
@@ -421,6 +422,8 @@ class TcpListener(Listener):
             log.debug("%s: inbound connection from %s failed before authentication: %r", self.url, ip, e)
             return  # the done callback releases and closes
         handed_off.append(True)  # the TLS transport owns the socket now
+        # ours, from the transport: uvloop returns its SSL protocol as the second value
+        proto = cast(_TlsProtocol, transport.get_protocol())
         self._preauth.discard(task)
         self._handlers.add(task)
         proto.lost.add_done_callback(lambda _: self.gate.release(ticket))
