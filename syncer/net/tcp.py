@@ -251,7 +251,10 @@ class TcpStream(Stream):
         self._proto = proto
         self._transport = proto.transport
         self.peer = tls.peer_device_id(self._transport.get_extra_info("ssl_object"))
-        host, port = self._transport.get_extra_info("peername")[:2]
+        peername = self._transport.get_extra_info("peername")
+        if peername is None:  # closed by the peer right after the handshake (a refusal)
+            raise ConnectionResetError("connection closed by the peer")
+        host, port = peername[:2]
         self.remote_address = str(Address("tcp", plain_host(host), port))
         self._closed = False
         self._on_accepted = on_accepted
