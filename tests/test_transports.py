@@ -189,3 +189,46 @@ def test_tcp_aligned_reads_stay_aligned_through_a_big_record_of_zeros(identities
             assert got == wire
 
     asyncio.run(main())
+
+
+
+class _ClosedByPeer:
+    """A TLS transport the peer closed right after the handshake: asyncio's forgets the socket's
+    address then (uvloop servers refuse strangers that fast: 1 dial in 9 raced so)."""
+
+    def __init__(self, cert_der: bytes) -> None:
+        self.open = True
+        self.cert_der = cert_der
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "ssl_object":
+            return self  # for getpeercert
+        if name == "peername":
+            return ("127.0.0.1", 22000) if self.open else None
+        return default
+
+    def getpeercert(self, binary_form: bool = False) -> bytes:
+        return self.cert_der
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+def test_tcp_refused_right_after_handshake_is_a_stream_at_eof(identities):
+    """The dialer of a daemon that refuses it at once still gets its stream, reading EOF (the
+    invite joiner reads that as "no active invite"), not a connection error."""
+    from syncer.net.tcp import TcpStream, _TlsProtocol
+
+    async def main() -> None:
+        proto = _TlsProtocol()
+        transport = _ClosedByPeer(identities[1].cert_der)
+        proto.connection_made(transport)  # type: ignore[arg-type]
+        proto.eof_received()
+        transport.open = False
+        proto.connection_lost(None)
+        stream = TcpStream(proto)
+        assert stream.peer == identities[1].device_id
+        assert stream.remote_address == "tcp://127.0.0.1:22000"
+        assert await stream.read() == b""
+
+    asyncio.run(main())

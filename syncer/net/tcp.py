@@ -20,7 +20,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from syncer.identity import Identity
 from syncer.net import tls
@@ -118,6 +118,7 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         self.align_limit = 0  # see TcpStream.align_reads
         self._record_left = 0  # bytes of a big record still to hand over (aligned reads)
         self.transport: asyncio.Transport | None = None
+        self.peername: tuple[Any, ...] | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio callbacks ---------------------------------------------------------------
@@ -125,6 +126,9 @@ class _TlsProtocol(asyncio.BufferedProtocol):
         # a stream socket's transport (TLS or not); uvloop's are not asyncio.Transport subclasses
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        # now, while it is open: a peer that refuses us right after the handshake may have closed
+        # it (and the transport forgotten its address) before the stream is made
+        self.peername = transport.get_extra_info("peername")
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._start == self._end:
@@ -251,10 +255,9 @@ class TcpStream(Stream):
         self._proto = proto
         self._transport = proto.transport
         self.peer = tls.peer_device_id(self._transport.get_extra_info("ssl_object"))
-        peername = self._transport.get_extra_info("peername")
-        if peername is None:  # closed by the peer right after the handshake (a refusal)
+        if proto.peername is None:
             raise ConnectionResetError("connection closed by the peer")
-        host, port = peername[:2]
+        host, port = proto.peername[:2]
         self.remote_address = str(Address("tcp", plain_host(host), port))
         self._closed = False
         self._on_accepted = on_accepted
