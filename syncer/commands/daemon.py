@@ -29,9 +29,10 @@ def run(
     api: str = typer.Option("", "--api", help="control API HOST:PORT (overrides config)"),
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
-    from syncer.daemon import run_daemon
+    # syncer.cli sends `run` to commands/run.py without Typer; this declaration gives --help
+    from syncer.commands.run import start
 
-    run_daemon(common.paths(), listen=listen or None, api=api or None)
+    start(listen, api)
 
 
 def _read_pid() -> int | None:

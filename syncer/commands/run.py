@@ -20,7 +20,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def run(argv: list[str]) -> None:
     args = parse(argv)
+    start(args.listen, args.api)
+
+
+def start(listen: list[str], api: str) -> None:
+    """The daemon in the foreground (both ways of reaching `syncer run` end here)."""
     from syncer.daemon import run_daemon
     from syncer.paths import get_paths
 
-    run_daemon(get_paths().ensure(), listen=args.listen or None, api=args.api or None)
+    run_daemon(get_paths().ensure(), listen=listen or None, api=api or None)
