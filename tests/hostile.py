@@ -107,6 +107,17 @@ class HostilePeer:
         finally:
             self.close()
 
+    def knock(self, url: str) -> None:
+        """Connect and say Hello as an unpaired device does, then hang up. The daemon refuses
+        such a device as soon as the handshake shows who it is, so the Hello may find the
+        stream already closed: that is the expected outcome, not an error."""
+        try:
+            self._run(self._connect(url))
+        except ConnectionError:
+            pass
+        finally:
+            self.close()
+
     async def _connect(self, url: str) -> None:
         self._stream = await TcpTransport(self.identity).connect(url)
         self._conn = Connection(now=time.monotonic())

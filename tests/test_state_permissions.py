@@ -69,8 +69,7 @@ def test_fresh_home_of_a_running_daemon_holds_nothing_readable_by_others(tmp_pat
             (folder / "x.txt").write_text("x")
             a.syncer("share", str(folder), "--id", "perm-test", check=True)
             a.start()
-            with peer.connect(a.listen_url()):
-                pass
+            peer.knock(a.listen_url())
             wait_until(lambda: (a.home / "pending.json").exists(), 30, "stranger recorded")
             a.stop()
             assert mode(a.home) == 0o700
