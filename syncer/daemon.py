@@ -48,6 +48,7 @@ from syncer.pending import PendingStore
 from syncer.relay.client import RelayTransport
 from syncer.runtime import eventloop
 from syncer.runtime.tasks import TaskSet
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger("syncer.daemon")
 
@@ -348,7 +349,7 @@ class Daemon:
         recv_limit = self.model.recv_bucket if self.model is not None else None
         session = PeerSession(stream, self.device_id, self.config.device_name, outbound=expected is not None, recv_limit=recv_limit)
         try:
-            await asyncio.wait_for(session.handshake(), HELLO_TIMEOUT)
+            await wait_for(session.handshake(), HELLO_TIMEOUT)
         except (TimeoutError, SessionClosed, ConnectionError, OSError) as e:
             log.info("hello with %s failed: %s", peer.short, e or type(e).__name__)
             stream.abort()
@@ -446,7 +447,7 @@ class Daemon:
                 self._tasks.spawn(self._dial(device, attempts))
             self._wake_dialer.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake_dialer.wait(), DIAL_TICK)
+                await wait_for(self._wake_dialer.wait(), DIAL_TICK)
 
     async def _dial(self, device: DeviceId, attempts: list[Attempt]) -> None:
         upgrading = device in self.sessions

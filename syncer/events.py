@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncer.model.conflicts import is_conflict_copy, original_of
+from syncer.runtime.timeouts import wait_for
 
 DEFAULT_CAPACITY = 10_000
 MAX_ITEMS_PER_EVENT = 100  # names listed in one change event; the count is always exact
@@ -150,7 +151,7 @@ class EventLog:
                 fut: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, fut))
             try:
-                await asyncio.wait_for(fut, remaining)
+                await wait_for(fut, remaining)
             except TimeoutError:
                 return []
             finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from syncer.ignore import always_ignored
+from syncer.runtime.timeouts import wait_for
 
 if TYPE_CHECKING:  # watchdog is imported when a watcher starts
     from watchdog.observers.api import BaseObserver
@@ -206,7 +207,7 @@ class FolderWatcher:
             if deadline > now:
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), deadline - now)
+                    await wait_for(self._wake.wait(), deadline - now)
                 except TimeoutError:
                     pass
                 continue

@@ -69,6 +69,7 @@ from syncer.bt.wire import (
 )
 from syncer.net.backoff import Backoff
 from syncer.runtime.tasks import TaskSet
+from syncer.runtime.timeouts import wait_for
 from syncer.transfer.choker import Choker, ChokeStats
 
 if TYPE_CHECKING:
@@ -234,7 +235,7 @@ class Torrent:
         if self._announced and self.session.http is not None:
             # best effort, and short: an unreachable tracker must not hold up a shutdown
             await asyncio.gather(
-                *(asyncio.wait_for(self._announce_once(url, "stopped"), STOP_ANNOUNCE_TIMEOUT) for url in self._announced),
+                *(wait_for(self._announce_once(url, "stopped"), STOP_ANNOUNCE_TIMEOUT) for url in self._announced),
                 return_exceptions=True,
             )
         loop = asyncio.get_running_loop()
@@ -454,7 +455,7 @@ class Torrent:
             return link
 
         try:
-            await asyncio.wait_for(loop.create_connection(factory, addr[0], addr[1]), DIAL_TIMEOUT)
+            await wait_for(loop.create_connection(factory, addr[0], addr[1]), DIAL_TIMEOUT)
         except (OSError, TimeoutError) as e:
             if link is not None:
                 self.links.discard(link)
@@ -903,7 +904,7 @@ class Torrent:
                     delay = min(delay, FEW_PEERS_INTERVAL)
             self._wake_trackers.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_trackers.wait(), delay)
+                await wait_for(self._wake_trackers.wait(), delay)
 
     async def _dht_loop(self) -> None:
         delay = DHT_RETRY

@@ -20,6 +20,7 @@ from syncer.api import client
 from syncer.commands import common
 from syncer.errors import DaemonError, SyncerError
 from syncer.paths import Paths
+from syncer.runtime.timeouts import wait_for
 
 app = typer.Typer()  # this module's commands; syncer.cli merges them into the main app
 
@@ -309,5 +310,5 @@ async def _watch(torrent: Any, stop: asyncio.Event, seed: bool, quiet: bool, lis
                     done_at = time.monotonic()
                     print(f"{s['name']}: complete; seeding on {listen} until Ctrl-C", file=sys.stderr, flush=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), REFRESH)
+                await wait_for(stop.wait(), REFRESH)
 

@@ -21,6 +21,7 @@ from syncer.discovery.dht.node import DhtNode
 from syncer.discovery.keys import device_key
 from syncer.discovery.lan import LanDiscovery
 from syncer.discovery.tracker_client import TrackerClient
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class DiscoveryService:
                     self.extra_keys[key] = now
             self._wake_advertise.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_advertise.wait(), ADVERTISE_INTERVAL)
+                await wait_for(self._wake_advertise.wait(), ADVERTISE_INTERVAL)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -225,5 +226,5 @@ class DiscoveryService:
             # soon after start (or a new wanted device) devices may not have announced yet:
             # look again after 2, 4, 8 ... seconds, then every LOOKUP_INTERVAL
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+                await wait_for(self._wake.wait(), interval)
             interval = FIRST_LOOKUP_INTERVAL if self._wake.is_set() else min(LOOKUP_INTERVAL, interval * 2)

@@ -35,6 +35,7 @@ from syncer.nat.attempts import execute
 from syncer.nat.policy import Attempt, plan
 from syncer.net.transport import Address, Stream
 from syncer.relay.client import RelayTransport
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class Joiner:
             return None
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(stream.close(), 2)
+                await wait_for(stream.close(), 2)
 
     async def _exchange(self, stream: Stream, cand: Candidate) -> JoinResult | None:
         x = ex.JoinerExchange(self.code, self.identity.device_id.raw, stream.peer.raw, self.name, self.addresses)

@@ -33,6 +33,7 @@ from syncer.invite.store import ACTIVE, Invite, InviteError, InviteStore
 from syncer.net.admission import KeyedRateLimit, source_key
 from syncer.net.transport import READ_SIZE, Address, Stream, TransportError
 from syncer.paths import Paths
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class InviteService:
             nexts = [inv.expires - now for inv in self.store.active(now)]
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min([EXPIRY_CHECK_MAX, *nexts]) + 0.05)
+                await wait_for(self._wake.wait(), min([EXPIRY_CHECK_MAX, *nexts]) + 0.05)
             self.sync_advertising()
             self._wake.clear()
 
@@ -216,7 +217,7 @@ class InviteService:
             except (TimeoutError, ConnectionError, OSError) as e:
                 log.info("invite exchange with %s ended: %s", stream.peer.short, e or type(e).__name__)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(stream.close(), 2)
+                await wait_for(stream.close(), 2)
             return None
         finally:
             if admitted:

@@ -48,6 +48,7 @@ from syncer.net import stun, tls
 from syncer.net.quic import QuicEndpoint
 from syncer.net.transport import Address, Stream, TransportError
 from syncer.runtime.tasks import TaskSet
+from syncer.runtime.timeouts import wait_for
 from syncer.wire import messages as m
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ class PeerAssist:
         try:
             self._send(helper, m.PunchVia(m.PUNCH_REQUEST, pid, target.raw, host, port))
             try:
-                answer = await asyncio.wait_for(fut, ANSWER_TIMEOUT)
+                answer = await wait_for(fut, ANSWER_TIMEOUT)
             except TimeoutError:
                 raise AssistFailed(f"no punch answer through {self.names(helper)}") from None
         finally:
@@ -376,7 +377,7 @@ class PeerAssist:
         try:
             self._send(helper, m.RelayVia(m.RELAY_OPEN, ch, target.raw))
             try:
-                answer = await asyncio.wait_for(fut, ANSWER_TIMEOUT)
+                answer = await wait_for(fut, ANSWER_TIMEOUT)
             except TimeoutError:
                 raise AssistFailed(f"{self.names(helper)} did not open a relay channel") from None
         finally:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from syncer.net import tls
 from syncer.net.transport import READ_SIZE, Stream, TransportError
+from syncer.runtime.timeouts import wait_for
 
 WINDOW = 512 << 10
 HANDSHAKE_TIMEOUT = 15.0
@@ -168,7 +169,7 @@ class ChannelStream(Stream):
         with contextlib.suppress(ssl.SSLError, ConnectionError, TimeoutError):
             self._ssl.unwrap()
         with contextlib.suppress(ssl.SSLError, ConnectionError, TimeoutError, RuntimeError):
-            await asyncio.wait_for(self._flush(), 5)
+            await wait_for(self._flush(), 5)
         self.abort()
 
     def abort(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from syncer.errors import SyncerError
 from syncer.net.udp import Addr, UdpEndpoint
 from syncer.net.udp_messages import Control, Punch
+from syncer.runtime.timeouts import wait_for
 
 PUNCH_INTERVAL = 0.05
 PUNCH_DURATION = 5.0
@@ -136,7 +137,7 @@ async def punch(
             wake.clear()
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
             try:
-                await asyncio.wait_for(wake.wait(), timeout)
+                await wait_for(wake.wait(), timeout)
             except TimeoutError:
                 pass
     finally:

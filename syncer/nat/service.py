@@ -21,6 +21,7 @@ from syncer.nat.natkind import DEPENDENT, INDEPENDENT, NO_NAT, Observation, clas
 from syncer.net import stun
 from syncer.net.localaddr import local_ip_towards
 from syncer.net.udp import UdpEndpoint
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class NatService:
                 wait, delay = delay, min(PROBE_INTERVAL, delay * 2)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                await wait_for(self._wake.wait(), wait)
 
     def announce_port(self) -> int:
         """The TCP port others should dial: a mapping's external port, else the listen port."""

@@ -54,6 +54,7 @@ from syncer.net import tls
 from syncer.net.admission import GateStats, PreAuthGate, Ticket
 from syncer.net.transport import READ_SIZE, Address, Listener, Stream, StreamHandler, TransportError
 from syncer.net.udp import KEEPALIVE_INTERVAL, Addr, Keepalive, UdpEndpoint, plain_host
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ class QuicStream(Stream):
                     await self._writable.wait()
         d.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(d.done), 5)
+            await wait_for(asyncio.shield(d.done), 5)
 
     def abort(self) -> None:
         self._closed = True
@@ -493,7 +494,7 @@ class QuicEndpoint:
         quic.connect(addr, now=loop.time())
         driver.transmit()
         try:
-            return await asyncio.wait_for(asyncio.shield(driver.ready), timeout)
+            return await wait_for(asyncio.shield(driver.ready), timeout)
         except TimeoutError:
             driver.close(QuicErrorCode.CONNECTION_REFUSED, "timeout")
             raise TransportError(f"cannot connect to quic://{addr[0]}:{addr[1]}: timed out") from None
@@ -510,7 +511,7 @@ class QuicEndpoint:
         if self._owns_socket:
             self.udp.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.udp.closed), 5)
+                await wait_for(asyncio.shield(self.udp.closed), 5)
 
     @property
     def connections(self) -> int:

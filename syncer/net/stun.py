@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from syncer.errors import SyncerError
 from syncer.net.admission import KeyedRateLimit, source_key
+from syncer.runtime.timeouts import wait_for
 
 if TYPE_CHECKING:
     from syncer.net.udp import UdpEndpoint
@@ -147,7 +148,7 @@ def answer(data: bytes, source: Addr) -> bytes | None:
 async def resolve(host: str, port: int) -> Addr:
     loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), TIMEOUT)
+        infos = await wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), TIMEOUT)
     except (OSError, TimeoutError) as e:
         raise StunError(f"cannot resolve {host}: {e or type(e).__name__}") from None
     v4 = [i for i in infos if i[0] == socket.AF_INET]

@@ -27,6 +27,7 @@ from syncer.net import tls
 from syncer.net.admission import GateStats, PreAuthGate, Ticket
 from syncer.net.transport import READ_SIZE, Address, Listener, Stream, StreamHandler, TransportError
 from syncer.net.udp import plain_host
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class ReaderWriterStream(Stream):
         self._closed = True
         with contextlib.suppress(Exception):
             self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 5)
+            await wait_for(self._writer.wait_closed(), 5)
 
     def abort(self) -> None:
         self._closed = True
@@ -313,7 +314,7 @@ class TcpStream(Stream):
         self._closed = True
         with contextlib.suppress(Exception):
             self._transport.close()  # TLS close_notify, then FIN
-            await asyncio.wait_for(asyncio.shield(self._proto.lost), 5)
+            await wait_for(asyncio.shield(self._proto.lost), 5)
 
     def abort(self) -> None:
         self._closed = True
@@ -457,7 +458,7 @@ async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeou
 
     loop.add_reader(fd, ready)
     try:
-        await asyncio.wait_for(fut, timeout)
+        await wait_for(fut, timeout)
     finally:
         loop.remove_reader(fd)
 
@@ -500,7 +501,7 @@ class TcpTransport:
     async def connect(self, url: str, timeout: float = 10.0) -> TcpStream:
         addr = Address.parse(url)
         try:
-            transport, proto = await asyncio.wait_for(
+            transport, proto = await wait_for(
                 asyncio.get_running_loop().create_connection(
                     _TlsProtocol,
                     addr.host,

@@ -28,6 +28,7 @@ from syncer.deviceid import DeviceId
 from syncer.net.transport import Stream
 from syncer.peer.connections import ConnInfo
 from syncer.runtime.clock import Clock, SystemClock
+from syncer.runtime.timeouts import wait_for
 from syncer.transfer.ratelimit import TokenBucket
 from syncer.transfer.rates import RateMeter
 from syncer.wire import (
@@ -271,7 +272,7 @@ class PeerSession:
     async def _flush(self, timeout: float) -> None:
         """Wait (bounded) until the writer has written everything queued."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._empty.wait(), timeout)
+            await wait_for(self._empty.wait(), timeout)
 
     def _mark_closed(self, reason: str) -> None:
         if not self.close_reason:
@@ -295,7 +296,7 @@ class PeerSession:
             with contextlib.suppress(ConnectionError, OSError, RuntimeError, TimeoutError):
                 chunks = [c for parts in self._out for c in parts]
                 self._out.clear()
-                await asyncio.wait_for(self.stream.writelines(chunks), 2)
+                await wait_for(self.stream.writelines(chunks), 2)
         self._mark_closed(reason)
         await self.stream.close()
 

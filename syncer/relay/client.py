@@ -34,6 +34,7 @@ from syncer.net.transport import StreamHandler, TransportError
 from syncer.relay import protocol as p
 from syncer.relay.invites import InviteGate, Policy
 from syncer.runtime.tasks import TaskSet
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class RelayTransport:
         reader = asyncio.StreamReader(limit=STREAM_LIMIT)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            transport, _ = await asyncio.wait_for(
+            transport, _ = await wait_for(
                 loop.create_connection(
                     lambda: protocol,
                     self.relay.host,

@@ -24,6 +24,7 @@ from syncer.net.udp import Addr, UdpEndpoint
 from syncer.relay import protocol as p
 from syncer.relay.rendezvous import PunchLimit, ReadyPunch, Rendezvous
 from syncer.relay.sessions import IdleTimer, SessionRefused, SessionTable
+from syncer.runtime.timeouts import wait_for
 from syncer.transfer.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class _Conn:
         if not self.writer.is_closing():
             self.writer.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
+            await wait_for(self.writer.wait_closed(), 5)
 
 
 class RelayServer:
@@ -158,7 +159,7 @@ class RelayServer:
             await asyncio.wait(self._tasks, timeout=5)
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
+                await wait_for(self._server.wait_closed(), 5)
 
     def statistics(self) -> RelayStats:
         return RelayStats(
@@ -204,7 +205,7 @@ class RelayServer:
         conn: _Conn | None = None
         try:
             conn = _Conn(reader, writer, tls.peer_device_id(writer.get_extra_info("ssl_object")))
-            first = await asyncio.wait_for(conn.read(), self.limits.handshake_timeout)
+            first = await wait_for(conn.read(), self.limits.handshake_timeout)
             if isinstance(first, p.Join):
                 await self._control(conn)
             elif isinstance(first, p.Connect):
@@ -243,7 +244,7 @@ class RelayServer:
         try:
             conn.send(p.Joined(conn.cookie))
             while True:
-                msg = await asyncio.wait_for(conn.read(), self.limits.control_idle_timeout)
+                msg = await wait_for(conn.read(), self.limits.control_idle_timeout)
                 if isinstance(msg, p.Ping):
                     conn.send(p.Pong())
                 else:
@@ -269,7 +270,7 @@ class RelayServer:
         try:
             ctl.send(p.Invite(session.token, conn.device.raw))
             try:
-                other = await asyncio.wait_for(fut, self.limits.pending_timeout)
+                other = await wait_for(fut, self.limits.pending_timeout)
             except TimeoutError:
                 conn.send(p.Error(p.TIMEOUT, "device did not answer the invitation"))
                 return
@@ -307,7 +308,7 @@ class RelayServer:
             if not isinstance(msg, p.Go):
                 raise p.RelayProtocolError(f"expected Go, got {type(msg).__name__}")
 
-        await asyncio.wait_for(asyncio.gather(expect_go(a), expect_go(b)), self.limits.pending_timeout)
+        await wait_for(asyncio.gather(expect_go(a), expect_go(b)), self.limits.pending_timeout)
         self._sessions_total += 1
         idle = IdleTimer(self.limits.idle_timeout, loop.time())
         pipes = {
@@ -362,7 +363,7 @@ class RelayServer:
             conn.send(p.PunchPrepare(punch_id, cookie))
             ctl.send(p.PunchInvite(punch_id, conn.device.raw))
             try:
-                ready = await asyncio.wait_for(fut, self.limits.punch_timeout)
+                ready = await wait_for(fut, self.limits.punch_timeout)
             except TimeoutError:
                 self._punch_failed += 1
                 self._rendezvous.cancel(punch_id)
@@ -376,6 +377,6 @@ class RelayServer:
             ctl.send(p.PunchStart(punch_id, *ready.requester_addr, delay))
             # the requester hangs up once it has PunchStart; don't wait longer than a punch
             with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError):
-                await asyncio.wait_for(conn.read(), self.limits.punch_timeout)
+                await wait_for(conn.read(), self.limits.punch_timeout)
         finally:
             self._rendezvous.revoke(cookie)

@@ -33,6 +33,7 @@ from syncer.discovery.dht.tokens import Tokens
 from syncer.discovery.peerstore import PeerEntry, PeerStore
 from syncer.net.admission import KeyedRateLimit, source_key
 from syncer.net.backoff import Backoff
+from syncer.runtime.timeouts import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _compact(addr: tuple[str, int]) -> bytes | None:
 async def _resolve(host: str, port: int) -> tuple[str, int] | None:
     """A bootstrap node's address (resolved off the event loop, bounded)."""
     try:
-        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM), 5)
+        infos = await wait_for(asyncio.get_running_loop().getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM), 5)
     except (OSError, TimeoutError):
         return None
     return (str(infos[0][4][0]), int(infos[0][4][1])) if infos else None
@@ -260,7 +261,7 @@ class DhtNode(asyncio.DatagramProtocol):
         self._pending[t] = (fut, addr)
         self._send(krpc.query(t, method, {"id": self.id, **args}), addr)
         try:
-            return await asyncio.wait_for(fut, QUERY_TIMEOUT)
+            return await wait_for(fut, QUERY_TIMEOUT)
         except (TimeoutError, krpc.KrpcError):
             if node_id is not None:
                 self.table.failed(node_id)
