@@ -230,7 +230,7 @@ class Node:
             return
         now = self.sim.now
         self.recv_rate.setdefault(server.name, RateMeter()).add(req.size, now)
-        exp = self.puller.piece_arrived(server.name, req.id, req.size)
+        exp = self.puller.piece_arrived(server.name, req.id, req.size, now)
         if exp is None:
             self.wasted += req.size
         elif server.spec.corrupt:

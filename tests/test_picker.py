@@ -112,3 +112,48 @@ def test_remove_peer_and_file():
     [ref] = p.pick("b", 1, 0)
     assert p.remove_file("f") == [("b", ref)]
     assert p.statistics().files == 0
+
+
+def swarm_picker() -> Picker:
+    """Blocks 0-3 of "f" are held by the full holder 'seed' only, 4-7 also by peer 'p'."""
+    p = Picker(random.Random(1))
+    p.add_file("f", 8)
+    p.set_full_holder("seed", "f")
+    p.set_partial("p", "f", {4, 5, 6, 7})
+    return p
+
+
+def test_a_seed_is_asked_for_what_nobody_else_has_and_spares_only_as_many_others():
+    p = swarm_picker()
+    assert sorted(r.index for r in p.pick("seed", 8, 0, spare=0)) == [0, 1, 2, 3]
+    p = swarm_picker()
+    picked = sorted(r.index for r in p.pick("seed", 8, 0, spare=1))
+    assert picked[:4] == [0, 1, 2, 3] and len(picked) == 5 and picked[4] in {4, 5, 6, 7}
+    p = swarm_picker()
+    assert len(p.pick("seed", 8, 0)) == 8  # no spare given: no limit (a lone seed, BitTorrent)
+    # what the seed was not asked for stays free for the partial holder
+    p = swarm_picker()
+    p.pick("seed", 8, 0, spare=0)
+    assert sorted(r.index for r in p.pick("p", 8, 0)) == [4, 5, 6, 7]
+
+
+def test_blocks_of_a_peer_that_chokes_us_count_as_nowhere_else():
+    p = swarm_picker()
+    p.set_choking("p", True)
+    assert len(p.pick("seed", 8, 0, spare=0)) == 8
+    p = swarm_picker()
+    p.snub("p", now=0)  # slow to answer: no better
+    assert len(p.pick("seed", 8, 1, spare=0)) == 8
+    p = swarm_picker()
+    p.set_choking("p", True)
+    p.set_choking("p", False)
+    assert len(p.pick("seed", 8, 0, spare=0)) == 4
+
+
+def test_swarm_at_counts_the_partial_holders_of_files_a_peer_seeds():
+    p = swarm_picker()
+    assert p.swarm_at("seed") == 1 and p.swarm_at("p") == 0
+    p.set_partial("q", "f", {1})
+    assert p.swarm_at("seed") == 2
+    p.remove_peer("q")
+    assert p.swarm_at("seed") == 1

@@ -229,3 +229,35 @@ def test_job_file_fences_writes_of_an_aborted_job(tmp_path):
     assert not job.write(b"stale", 0)  # a pool thread finishing late writes nothing
     assert job.read(3, 0) is None
     assert path.read_bytes() == b"new"
+
+
+def _bytes_requested(p: Puller, peer: str) -> int:
+    return sum(r.size for a in of(p.actions(), SendRequests) if a.peer == peer for r in a.requests)
+
+
+@pytest.mark.parametrize("others, deep", [(2, True), (3, False)])
+def test_a_fast_seed_of_a_swarm_gets_a_pipeline_of_round_trips_not_a_second(others, deep):
+    """At 16 MB/s a second is 16 MB in flight; a seed that SEED_SWARM others fetch from too, and
+    that answers in 10 ms, is asked for two round trips of that (MIN_BUDGET here)."""
+    from syncer.transfer.puller import MIN_BUDGET
+
+    p = new_puller()
+    f = fi("big.bin", blocks=512)  # 64 MiB
+    peers = ["S"] + [f"R{i}" for i in range(others)]
+    (prep,) = of(start_with(p, [wanted(f, holders=("S",))], peers=peers), PrepareJobs)
+    p.job_prepared("big.bin", prep.jobs[0].gen, set())
+    for i, r in enumerate(peers[1:]):  # each other receiver has some blocks
+        p.have(r, Have("F", "big.bin", [(1, 1)], 500 - i))
+    p.actions()
+    rates = {"S": 16e6}
+    p.fill(0.0, rates)
+    (first,) = [a for a in of(p.actions(), SendRequests) if a.peer == "S"]
+    for r in first.requests:  # all answered within 10 ms
+        p.block_done("S", p.piece_arrived("S", r.id, r.size, 0.01), True)
+    p.actions()
+    p.fill(0.02, rates)
+    sent = _bytes_requested(p, "S")
+    if deep:
+        assert sent >= 8 * MIN_BUDGET
+    else:
+        assert sent <= MIN_BUDGET + BS

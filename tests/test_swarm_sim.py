@@ -65,3 +65,20 @@ def test_a_peer_joining_late_catches_up_from_the_swarm():
     assert late.done_at is not None and late.downloaded == FILE.size
     from_seed = r.nodes["seed"].sent_rate.get("late")
     assert from_seed is None or from_seed.total <= 0.5 * FILE.size  # most came from peers
+
+
+def test_a_fast_seed_sends_out_the_file_and_leaves_the_copies_to_the_swarm():
+    """A seed ten times faster than its seven receivers: they still finish at their own speed,
+    and it uploads little more than one copy (40 % of all bytes before its pipeline was held to
+    a few round trips: each receiver had queued a second of its rate there)."""
+    r = swarm([PeerSpec("seed", seed=True, up=100 * MB, down=100 * MB), *receivers(7)])
+    assert max(n.done_at for n in r.nodes.values() if not n.spec.seed) <= 1.1 * FILE.size / (10 * MB)
+    assert r.uploaded("seed") / r.total_uploaded <= 0.25
+
+
+def test_two_receivers_on_a_long_fat_path_keep_the_deep_pipeline():
+    """1 -> 2 at 100 MB/s and 100 ms round trips, 64 MiB: 1.71 s (1.95-2.6 s when the seed's
+    pipeline was held to two round trips for two receivers as well)."""
+    fast = dict(up=100 * MB, down=100 * MB, latency=0.05)
+    r = swarm([PeerSpec("seed", seed=True, **fast), *receivers(2, **fast)])
+    assert r.time <= 1.85

@@ -829,7 +829,7 @@ class FolderRuntime:
     def on_piece(self, dev: DeviceId, msg: Piece) -> asyncio.Event | None:
         """Verify and write a piece; an event to wait for before reading on when the verify
         pool has too much queued (runtime/backlog.py)."""
-        exp = self.puller.piece_arrived(dev, msg.id, len(msg.data))
+        exp = self.puller.piece_arrived(dev, msg.id, len(msg.data), self.clock.monotonic())
         if exp is None:
             st = self.stats.get(dev)
             if st is not None and self.puller.picker.is_banned(dev):

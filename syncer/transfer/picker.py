@@ -5,7 +5,9 @@ complete and can be renamed into place early), then the rarest blocks among conn
 (fewest holders), random tie-break, so that peers fetching the same data from one seed fetch
 *different* blocks and can then trade them. In endgame (every block still needed is already
 requested) an idle peer takes over a few of the longest-waiting requests as duplicates; the loser is
-cancelled on arrival.
+cancelled on arrival. A peer holding a whole file that others hold parts of (a seed in a swarm)
+is asked for what nobody else we can fetch from has, and for the rest only as much as the
+caller spares (`pick(spare=)`): its upload is the one source of the blocks not yet sent out.
 A peer that sends bad data is banned after MAX_BAD blocks; a peer that lets a request time out is
 snubbed (`snub`: at most one request at a time) for SNUB_TIME. Request ids, timeouts and per-peer
 pipelines are the puller's (transfer/puller.py); this class keeps the per-block view.
@@ -87,6 +89,7 @@ class Picker:
         self.in_flight: dict[BlockRef, dict[Peer, float]] = {}
         self.bad: dict[Peer, int] = {}
         self.snubbed_until: dict[Peer, float] = {}
+        self.choking_us: set[Peer] = set()
         self._order: dict[str, None] = {}  # files in the order they were added
 
     # files --------------------------------------------------------------
@@ -135,6 +138,7 @@ class Picker:
             f.add_partial(peer, ref.index)
 
     def remove_peer(self, peer: Peer) -> None:
+        self.choking_us.discard(peer)
         for f in self.files.values():
             f.full_holders.discard(peer)
             f.drop_partial(peer)
@@ -162,6 +166,11 @@ class Picker:
         f = self.files.get(name)
         return set(f.full_holders) | set(f.partial) if f else set()
 
+    def swarm_at(self, peer: Peer) -> int:
+        """How many others hold parts of the files we still fetch that `peer` holds whole
+        (the most over those files; 0: it is no seed of a swarm)."""
+        return max((len(f.partial) for f in self.files.values() if f.free and f.partial and peer in f.full_holders), default=0)
+
     def is_banned(self, peer: Peer) -> bool:
         return self.bad.get(peer, 0) >= MAX_BAD
 
@@ -169,10 +178,20 @@ class Picker:
         return sum(1 for h in self.in_flight.values() if peer in h)
 
     # picking --------------------------------------------------------------
-    def pick(self, peer: Peer, n: int, now: float, stuck: Callable[[dict[Peer, float], float], bool] | None = None) -> list[BlockRef]:
+    def pick(
+        self,
+        peer: Peer,
+        n: int,
+        now: float,
+        stuck: Callable[[dict[Peer, float], float], bool] | None = None,
+        spare: int | None = None,
+    ) -> list[BlockRef]:
         """Up to n blocks to request from `peer`. `stuck(requests, now)` tells whether the
         requests of a block ({peer: sent at}) have waited long enough to duplicate in endgame
-        (default: any)."""
+        (default: any). `spare`: how many blocks that a usable partial holder could serve instead
+        may be taken from `peer` where it holds the whole file (None: no limit). A full holder
+        is the seed, the one source of the blocks nobody else has yet, so its upload goes to
+        those first; what the swarm already holds it serves only when asked to spare some."""
         if n <= 0 or self.is_banned(peer):
             return []
         if self.snubbed_until.get(peer, 0) > now:
@@ -182,11 +201,12 @@ class Picker:
         out: list[BlockRef] = []
         started = [name for name in self._order if self.files[name].started]
         rest = [name for name in self._order if not self.files[name].started]
+        spared = [0 if spare is None else spare]
         for name in started + rest:
             f = self.files[name]
             if not f.free or (peer not in f.full_holders and peer not in f.partial):
                 continue
-            for i in self._choose(f, peer, n - len(out)):
+            for i in self._choose(f, peer, n - len(out), now, None if spare is None else spared):
                 f.free.discard(i)
                 ref = BlockRef(name, i)
                 self.in_flight[ref] = {peer: now}
@@ -199,7 +219,9 @@ class Picker:
             out = self._endgame(peer, min(n, ENDGAME_BATCH), now, stuck)
         return out
 
-    def _choose(self, f: _File, peer: Peer, need: int) -> list[int]:
+    def _choose(self, f: _File, peer: Peer, need: int, now: float, spare: list[int] | None) -> list[int]:
+        """`spare`, when given: a one-element budget of blocks (shared across files) that this
+        full holder may give although a usable partial holder has them too."""
         if not f.partial:
             # only full holders: every block is equally rare, take the next ones of the file's
             # random order (amortised O(need)); blocks handed back later come from `free`
@@ -221,8 +243,34 @@ class Picker:
                 return []
             cands = held & f.free if len(held) < len(f.free) else [i for i in f.free if i in held]
         full, counts, rank = len(f.full_holders), f.partial_count, f.rank
-        keyed = heapq.nsmallest(need, ((full + counts.get(i, 0), rank[i], i) for i in cands))
-        return [i for _, _, i in keyed]
+        if spare is None or peer not in f.full_holders:
+            keyed = heapq.nsmallest(need, ((full + counts.get(i, 0), rank[i], i) for i in cands))
+            return [i for _, _, i in keyed]
+        # a full holder: the blocks no usable partial holder has come first, and of the others
+        # only `spare`; rarest first within each
+        usable = [held for p, held in f.partial.items() if self._usable(p, now)]
+        all_usable = len(usable) == len(f.partial)
+
+        def elsewhere(i: int) -> bool:
+            return counts.get(i, 0) > 0 if all_usable else any(i in held for held in usable)
+
+        picked = heapq.nsmallest(need, ((elsewhere(i), full + counts.get(i, 0), rank[i], i) for i in cands))
+        out = []
+        for shared, _, _, i in picked:
+            if shared:
+                if spare[0] <= 0:
+                    break
+                spare[0] -= 1
+            out.append(i)
+        return out
+
+    def _usable(self, peer: Peer, now: float) -> bool:
+        """Would a request to this peer be served soon: not choking us, banned or snubbed."""
+        return peer not in self.choking_us and not self.is_banned(peer) and self.snubbed_until.get(peer, 0) <= now
+
+    def set_choking(self, peer: Peer, choking: bool) -> None:
+        """The peer chokes us (or stopped): its blocks do not count as available elsewhere."""
+        (self.choking_us.add if choking else self.choking_us.discard)(peer)
 
     def _endgame(self, peer: Peer, n: int, now: float, stuck: Callable[[dict[Peer, float], float], bool] | None) -> list[BlockRef]:
         # only when nothing is left that is not already requested somewhere, and only for a
