@@ -368,9 +368,10 @@ class Daemon:
             return
         self.sessions[peer] = session
         if existing is not None:
-            await existing.close("replaced by a better connection")
-            if self.sessions.get(peer) is not session:
-                return  # replaced in turn while the old one closed (it closed this one)
+            # in the background: its close waits up to seconds for the peer (flush, TLS
+            # close_notify), and the peer may already be sending on this one (crossed dials:
+            # it kept this connection and dropped the other), which nobody would read meanwhile
+            self._tasks.spawn(existing.close("replaced by a better connection"))
         self.backoff.setdefault(peer, Backoff()).succeeded()
         self.upgrades.setdefault(peer, UpgradePolicy()).connected(Route[route.upper()], time.monotonic())
         log.info("connected to %s (%s) via %s %s", peer.short, session.remote_name, info.label, stream.remote_address)
