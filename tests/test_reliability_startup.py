@@ -10,7 +10,10 @@ import time
 
 import pytest
 
+from syncer.api import client
+from syncer.config import DeviceConfig, edit_config
 from syncer.net.transport import TransportError
+from syncer.paths import get_paths
 from syncer.wire import ClusterConfig, Index, IndexUpdate
 from tests.daemons import cluster, wait_until
 from tests.hostile import HostilePeer
@@ -52,7 +55,12 @@ def test_peer_connecting_during_initial_scan_ends_up_syncing(tmp_path):
         b.pair(a)  # b knows a; a learns b's address only once b listens
         b.start()  # returns once b's control API is up; its folder scan has just begun
         assert _scanning(b.status()), "b finished its initial scan before a could connect: not the race"
-        a.syncer("pair", b.device_id, "--name", "b", "--address", b.listen_url(), check=True)
+        # what `syncer pair` does, without starting a CLI process (its start-up can outlast the
+        # scan on a fast machine): write config.toml, tell the running daemon to reload
+        paths = get_paths({"SYNCER_HOME": str(a.home)})
+        with edit_config(paths.config_file) as cfg:
+            cfg.upsert_device(DeviceConfig(id=b.device_id, name="b", addresses=[b.listen_url()]))
+        client.reload_if_running(paths)
         wait_until(lambda: a.connected_to(b), what="a to connect to b")
         raced = _scanning(b.status())
         # whether or not a got in during the scan, the pair must end up syncing both ways
