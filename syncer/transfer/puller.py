@@ -247,7 +247,6 @@ class Puller:
         self._rewind: tuple[OrderKey, bool] | None = None  # where the next pass starts
         self._rewind_pending = False
         self._connected: set[Peer] = set()
-        self._choked_by: set[Peer] = set()
         self._latency: dict[Peer, deque[float]] = {}  # recent request -> piece times
         self._reqs: dict[int, _Req] = {}  # request id -> request, oldest first
         self._rid_of: dict[tuple[Peer, BlockRef], int] = {}
@@ -559,7 +558,6 @@ class Puller:
     def peer_gone(self, peer: Peer) -> None:
         self._connected.discard(peer)
         self._latency.pop(peer, None)
-        self._choked_by.discard(peer)
         self.picker.remove_peer(peer)
         for rid in [rid for rid, r in self._reqs.items() if r.peer == peer]:
             req = self._reqs[rid]
@@ -571,11 +569,9 @@ class Puller:
         self._update_interest()
 
     def choked(self, peer: Peer) -> None:
-        self._choked_by.add(peer)
         self.picker.set_choking(peer, True)
 
     def unchoked(self, peer: Peer) -> None:
-        self._choked_by.discard(peer)
         self.picker.set_choking(peer, False)
 
     def _update_interest(self) -> None:
@@ -652,13 +648,12 @@ class Puller:
         """Top up every peer's pipeline (call once per loop turn, not per event)."""
         self._rates = rates
         for peer in self._connected:
-            if peer in self._choked_by:
+            if peer in self.picker.choking_us:
                 continue
             pipe = self._pipeline.setdefault(peer, [0, 0])
             budget = budget_for(rates.get(peer, 0.0))
-            if budget > MIN_BUDGET:
-                if self.picker.swarm_at(peer) >= SEED_SWARM:
-                    budget = self._seed_budget(peer, rates.get(peer, 0.0))
+            if budget > MIN_BUDGET and self.picker.swarm_at(peer) >= SEED_SWARM:
+                budget = self._seed_budget(peer, rates.get(peer, 0.0))
             free = MAX_REQUESTS - pipe[0]
             if free <= 0 or (pipe[0] and pipe[1] * 4 >= budget * 3):
                 continue
@@ -779,7 +774,6 @@ class Puller:
         if not_held:
             self.picker.not_held(peer, req.ref)  # changed there, or our view is stale
         if choked:
-            self._choked_by.add(peer)
             self.picker.set_choking(peer, True)
 
     def write_failed(self, name: str, gen: int) -> None:
