@@ -1,13 +1,16 @@
-"""Noticing changes: watchdog events, debounced and aggregated, plus a jittered full rescan.
+"""Noticing changes: filesystem events, debounced and aggregated, plus a jittered full rescan.
 
-The watchdog observer thread hands raw paths to the asyncio loop; the pure `Aggregator` decides
-when a batch is due (after `delay` of quiet in the folder, but no later than `max_delay` after
-the batch's first event, so a file written continuously is still scanned). Time is an argument.
+On Linux the events come from `syncer.inotify` (one thread for the whole tree); elsewhere from
+watchdog's observer for the platform. Either thread hands changed names to the asyncio loop; the
+pure `Aggregator` decides when a batch is due (after `delay` of quiet in the folder, but no later
+than `max_delay` after the batch's first event, so a file written continuously is still
+scanned). Time is an argument.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import threading
@@ -17,12 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from syncer import inotify
 from syncer.ignore import always_ignored
+from syncer.inotify import InotifyWatch
 from syncer.runtime.timeouts import wait_for
 
 if TYPE_CHECKING:  # watchdog is imported when a watcher starts
     from watchdog.observers.api import BaseObserver
     from watchdog.observers.inotify_c import Mask
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DELAY = 0.1
 MAX_DELAY_FACTOR = 10
@@ -118,8 +125,9 @@ def _observer(modify_events: bool) -> BaseObserver:
 
 
 class FolderWatcher:
-    """Watches a folder tree with watchdog; `await next_batch()` yields sets of changed paths
-    (relative, '/'-separated, NFC)."""
+    """Watches a folder tree; `await next_batch()` yields sets of changed paths (relative,
+    '/'-separated, NFC), or None when events were lost and only a full scan can tell.
+    `backend`: "inotify" (Linux), "watchdog", or None for the best available."""
 
     def __init__(
         self,
@@ -128,6 +136,7 @@ class FolderWatcher:
         loop: asyncio.AbstractEventLoop | None = None,
         modify_events: bool = False,
         own: Callable[[str], bool] | None = None,
+        backend: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.modify_events = modify_events
@@ -136,10 +145,19 @@ class FolderWatcher:
         self.agg = Aggregator(delay)
         self._wake = asyncio.Event()
         self._observer: BaseObserver | None = None
+        self._inotify: InotifyWatch | None = None
+        self.backend = backend or ("inotify" if inotify.available() else "watchdog")
         self._lock = threading.Lock()
-        self._incoming: list[str] = []  # paths from the watchdog thread, not yet handed over
+        self._incoming: list[str] = []  # paths from the watch thread, not yet handed over
+        self._lost = False  # the watch thread lost events: the next batch is a full scan
+        self._full = False
 
     def start(self) -> None:
+        """Watch the tree; returns once every directory has its watch."""
+        if self.backend == "inotify":
+            self._inotify = InotifyWatch(self.root, self._changes, self.modify_events, skip=always_ignored)
+            self._inotify.start()
+            return
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
         watcher = self
@@ -161,6 +179,9 @@ class FolderWatcher:
         observer.start()
 
     def stop(self) -> None:
+        if self._inotify is not None:
+            self._inotify.stop()
+            self._inotify = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(5)
@@ -180,6 +201,22 @@ class FolderWatcher:
             return None
         return rel
 
+    def _changes(self, names: list[str], lost: bool) -> None:
+        """inotify thread: a burst's changed names (each once), filtered here, handed over together."""
+        keep = []
+        for name in dict.fromkeys(names):
+            rel = unicodedata.normalize("NFC", name)
+            if not always_ignored(rel) and not (self.own is not None and self.own(rel)):
+                keep.append(rel)
+        if not keep and not lost:
+            return
+        with self._lock:
+            first = not self._incoming and not self._lost
+            self._incoming.extend(keep)
+            self._lost = self._lost or lost
+        if first:
+            self.loop.call_soon_threadsafe(self._take_incoming)
+
     def _hand_over(self, rel: str) -> None:
         """Watchdog thread: queue a name; wake the event loop only for the first of a burst."""
         with self._lock:
@@ -191,12 +228,17 @@ class FolderWatcher:
     def _take_incoming(self) -> None:
         with self._lock:
             names, self._incoming = self._incoming, []
+            lost, self._lost = self._lost, False
         now = time.monotonic()
+        if lost:
+            log.warning("%s: the kernel dropped filesystem events (queue overflow); rescanning the folder", self.root)
+            self._full = True
+            self.agg.add("", now)  # the batch's deadline; a full scan covers every name
         for rel in names:
             self.agg.add(rel, now)
         self._wake.set()
 
-    async def next_batch(self) -> set[str]:
+    async def next_batch(self) -> set[str] | None:
         while True:
             deadline = self.agg.next_deadline()
             if deadline is None:
@@ -213,4 +255,7 @@ class FolderWatcher:
                 continue
             batch = self.agg.due(now)
             if batch:
+                if self._full:
+                    self._full = False
+                    return None
                 return batch

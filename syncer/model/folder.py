@@ -354,18 +354,24 @@ class FolderRuntime:
         from syncer.watch import FolderWatcher
 
         delay = self.model.config.get("watch.delay_ms") / 1000.0
+        modify = self.model.config.get("watch.modify_events")
+        watcher = self.watcher = FolderWatcher(self.root, delay, asyncio.get_running_loop(), modify, own=self._is_own_write)
         try:
-            modify = self.model.config.get("watch.modify_events")
-            self.watcher = FolderWatcher(self.root, delay, asyncio.get_running_loop(), modify, own=self._is_own_write)
-            self.watcher.start()
-        except Exception as e:  # watchdog can fail on odd filesystems: rescans still work
-            log.warning("folder %s: watcher unavailable (%s); relying on periodic rescans", self.id, e)
-            return
-        while True:
-            batch = await self.watcher.next_batch()  # temp files are never reported
-            log.debug("folder %s: watcher reports %d changed paths", self.id, len(batch))
-            if batch:
-                await self.scan(batch)
+            try:
+                # off the loop: the watches are added by walking every directory of the tree
+                await asyncio.get_running_loop().run_in_executor(None, watcher.start)
+            except Exception as e:  # inotify limits, odd filesystems: rescans still work
+                log.warning("folder %s: watcher unavailable (%s); relying on periodic rescans", self.id, e)
+                return
+            while True:
+                batch = await watcher.next_batch()  # temp files are never reported
+                if batch is None:  # events were lost
+                    await self.scan(None)
+                elif batch:
+                    log.debug("folder %s: watcher reports %d changed paths", self.id, len(batch))
+                    await self.scan(batch)
+        finally:  # also when this task fails and the supervisor starts another
+            watcher.stop()
 
     async def _rescan_loop(self) -> None:
         from syncer.watch import RescanSchedule
