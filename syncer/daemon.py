@@ -512,7 +512,9 @@ class Daemon:
             return []
         return self.model.folder_status()
 
-    def status(self) -> dict[str, Any]:
+    def status(self, lists: bool = True) -> dict[str, Any]:
+        """Everything `syncer status` shows; without `lists`, not the folders and devices
+        (the control API adds its own richer rows of those)."""
         return {
             "device_id": str(self.device_id),
             "name": self.config.device_name,
@@ -521,8 +523,7 @@ class Daemon:
             "uptime_s": time.time() - self.started,
             "listen": [listener.url for listener in self.listeners],
             "api": self.api.address if self.api else "",
-            "folders": self.folders(),
-            "devices": self.devices(),
+            **({"folders": self.folders(), "devices": self.devices()} if lists else {}),
             "notices": list(self.notices),
             "nat": self.nat.report(),
             "dht": self.discovery.dht_report() if self.discovery is not None else {"enabled": False},

@@ -168,14 +168,20 @@ def test_restore_never_follows_a_symlink(tmp_path: Path) -> None:
 
 
 def test_metrics(pair) -> None:  # type: ignore[no-untyped-def]
-    _, a, b = pair
-    status, text, headers = Api(a).request("GET", "/metrics")
+    root, a, b = pair
+    # a folder of its own (the module's other tests may run on another xdist worker)
+    (root / "met").mkdir(exist_ok=True)
+    api = Api(a)
+    if not any(f["id"] == "met" for f in api.json("GET", "/rest/folders")):
+        api.json("POST", "/rest/folders", {"path": str(root / "met"), "id": "met"})
+    wait_until(lambda: re.search(r'syncer_folder_scan_duration_seconds_count\{folder="met"\} [1-9]', api.request("GET", "/metrics")[1]), 30, "a scan counted")
+    status, text, headers = api.request("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert f'syncer_device_connected{{device="{b.device_id}"}} 1' in text
     assert 'syncer_connections{transport="tcp"} 1' in text
     assert re.search(r'syncer_device_bytes_received_total\{device="[^"]+"\} \d+', text)
     assert re.search(r"^syncer_events_total \d+$", text, re.M) and "syncer_events_dropped_total 0" in text
-    assert re.search(r'syncer_folder_scan_duration_seconds_count\{folder="vers"\} [1-9]', text)
+    assert re.search(r'syncer_folder_scan_duration_seconds_count\{folder="met"\} [1-9]', text)
     # the exposition format: every sample follows its own family's TYPE line
     family = None
     for line in text.splitlines():

@@ -70,7 +70,7 @@ class DaemonControl:
 
     # --- reads ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return {**self.daemon.status(), "folders": self.folders(), "devices": self.devices(), "last_event_id": self.events.last_id}
+        return {**self.daemon.status(lists=False), "folders": self.folders(), "devices": self.devices(), "last_event_id": self.events.last_id}
 
     def devices(self) -> list[dict[str, Any]]:
         rows = self.daemon.devices()
