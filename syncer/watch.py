@@ -151,12 +151,17 @@ class FolderWatcher:
         self._incoming: list[str] = []  # paths from the watch thread, not yet handed over
         self._lost = False  # the watch thread lost events: the next batch is a full scan
         self._full = False
+        self._error: BaseException | None = None  # the watch thread failed
+        self._stopped = False
 
     def start(self) -> None:
-        """Watch the tree; returns once every directory has its watch."""
+        """Watch the tree; returns once every directory has its watch (any thread)."""
         if self.backend == "inotify":
-            self._inotify = InotifyWatch(self.root, self._changes, self.modify_events, skip=always_ignored)
-            self._inotify.start()
+            with self._lock:
+                if self._stopped:
+                    return
+                iw = self._inotify = InotifyWatch(self.root, self._changes, self.modify_events, skip=always_ignored, on_error=self._failed)
+            iw.start()  # after a stop() meanwhile: nothing
             return
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
@@ -179,9 +184,11 @@ class FolderWatcher:
         observer.start()
 
     def stop(self) -> None:
-        if self._inotify is not None:
-            self._inotify.stop()
-            self._inotify = None
+        with self._lock:
+            self._stopped = True
+            iw, self._inotify = self._inotify, None
+        if iw is not None:
+            iw.stop()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(5)
@@ -217,6 +224,11 @@ class FolderWatcher:
         if first:
             self.loop.call_soon_threadsafe(self._take_incoming)
 
+    def _failed(self, e: BaseException) -> None:
+        """Watch thread: it has stopped; the next batch raises (the folder restarts the watcher)."""
+        self._error = e
+        self.loop.call_soon_threadsafe(self._wake.set)
+
     def _hand_over(self, rel: str) -> None:
         """Watchdog thread: queue a name; wake the event loop only for the first of a burst."""
         with self._lock:
@@ -231,7 +243,7 @@ class FolderWatcher:
             lost, self._lost = self._lost, False
         now = time.monotonic()
         if lost:
-            log.warning("%s: the kernel dropped filesystem events (queue overflow); rescanning the folder", self.root)
+            log.warning("%s: filesystem events were lost (queue overflow, or the folder root moved); rescanning the folder", self.root)
             self._full = True
             self.agg.add("", now)  # the batch's deadline; a full scan covers every name
         for rel in names:
@@ -240,6 +252,8 @@ class FolderWatcher:
 
     async def next_batch(self) -> set[str] | None:
         while True:
+            if self._error is not None:
+                raise RuntimeError(f"the watch thread of {self.root} failed: {self._error!r}")
             deadline = self.agg.next_deadline()
             if deadline is None:
                 self._wake.clear()

@@ -7,9 +7,10 @@ and an event's folder-relative name is its node's path plus the event's name (O(
 
 `WatchTree.handle(events)` returns `Effects`: the names that changed (for a scoped scan; a new
 or moved-in directory is reported by its own name, and the scan walks it), the directories that
-need watches now (created or moved in from outside; their subdirectories too, found by walking),
-the watch descriptors to drop (directories moved out of the folder), and whether the kernel lost
-events (queue overflow) or the root itself went, so only a full scan can tell what changed.
+need watches now (created or moved in from outside, or renamed onto a watched one; their
+subdirectories too, found by walking), the watch descriptors to drop (directories moved out of
+the folder), and whether the kernel lost events (queue overflow) or the root itself went, so
+only a full scan (and watches set up afresh) can tell what changed.
 """
 
 from __future__ import annotations
@@ -62,63 +63,69 @@ def parse(buf: bytes) -> list[Event]:
     return out
 
 
-class _Dir:
+class WatchedDir:
+    """A directory with a watch: its descriptor, its name in its parent (None for the root)."""
+
     __slots__ = ("wd", "name", "parent", "children")
 
-    def __init__(self, wd: int, name: str, parent: _Dir | None) -> None:
+    def __init__(self, wd: int, name: str, parent: WatchedDir | None) -> None:
         self.wd = wd
         self.name = name
         self.parent = parent
-        self.children: dict[str, _Dir] = {}
+        self.children: dict[str, WatchedDir] = {}
 
 
 @dataclass
 class Effects:
     changed: list[str] = field(default_factory=list)  # folder-relative, '/'-separated, as on disk
-    watch: list[str] = field(default_factory=list)  # directories to watch (and walk for subdirectories)
+    # directories to watch (and walk): (the watched parent, the name in it), resolved only after
+    # the whole burst is handled, so a rename later in the burst is already applied
+    watch: list[tuple[WatchedDir, str]] = field(default_factory=list)
     unwatch: list[int] = field(default_factory=list)  # watch descriptors to remove
     rescan: bool = False  # events were lost (or the root went): only a full scan can tell
 
 
 class WatchTree:
     def __init__(self) -> None:
-        self._by_wd: dict[int, _Dir] = {}
-        self._root: _Dir | None = None
+        self._by_wd: dict[int, WatchedDir] = {}
+        self.root: WatchedDir | None = None
 
     def __len__(self) -> int:
         return len(self._by_wd)
 
     def path_of(self, wd: int) -> str | None:
         node = self._by_wd.get(wd)
-        return None if node is None else _path(node)
+        return None if node is None else path(node)
 
-    def added(self, wd: int, rel: str) -> None:
-        """A watch on directory `rel` ("" for the root) was added and returned `wd`. Adding a
-        watch to a directory already watched returns its descriptor again: it is re-linked."""
-        if rel == "":
-            node = self._by_wd.get(wd) or _Dir(wd, "", None)
-            self._root = node
-            self._by_wd[wd] = node
-            return
-        head, _, base = rel.rpartition("/")
-        parent = self._find(head)
-        if parent is None:
-            return  # the parent's watch went meanwhile: this one is found again when it comes back
-        known = self._by_wd.get(wd)
-        if known is None:
-            node = self._by_wd[wd] = _Dir(wd, base, parent)
+    def alive(self, node: WatchedDir) -> bool:
+        """Still in the tree (not removed, moved out or replaced)?"""
+        while node.parent is not None:
+            if node.parent.children.get(node.name) is not node:
+                return False
+            node = node.parent
+        return node is self.root
+
+    def add(self, wd: int, parent: WatchedDir | None, name: str = "") -> WatchedDir:
+        """A watch on directory `name` of `parent` (the root: parent None) returned `wd`. A
+        watch added to a directory already watched returns its descriptor again: re-linked."""
+        node = self._by_wd.get(wd)
+        if node is None:
+            node = self._by_wd[wd] = WatchedDir(wd, name, parent)
         else:
-            node = known
             self._unlink(node)
-            node.name, node.parent = base, parent
-        old = parent.children.get(base)
+            node.name, node.parent = name, parent
+        if parent is None:
+            self.root = node
+            return node
+        old = parent.children.get(name)
         if old is not None and old is not node:
             self._forget(old)
-        parent.children[base] = node
+        parent.children[name] = node
+        return node
 
     def handle(self, events: list[Event]) -> Effects:
         fx = Effects()
-        moved_out: dict[int, _Dir] = {}  # cookie -> directory renamed away, not (yet) seen arriving
+        moved_out: dict[int, WatchedDir] = {}  # cookie -> directory renamed away, not (yet) seen arriving
         for ev in events:
             if ev.mask & IN_Q_OVERFLOW:
                 fx.rescan = True
@@ -130,13 +137,12 @@ class WatchTree:
                 self._forget(node)
                 continue
             if not ev.name:
-                if node is self._root and ev.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT):
-                    fx.rescan = True  # the folder root went (the scan stops the folder)
+                if node is self.root and ev.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT):
+                    fx.rescan = True  # the folder root went: its watches no longer say where
                 continue  # a directory's own events: its parent reported its name
             name = ev.name.decode(_FS_ENCODING, _FS_ERRORS)  # what os.fsdecode does
-            base = _path(node)
-            rel = f"{base}/{name}" if base else name
-            fx.changed.append(rel)
+            base = path(node)
+            fx.changed.append(f"{base}/{name}" if base else name)
             if not ev.mask & IN_ISDIR:
                 continue
             if ev.mask & IN_MOVED_FROM:
@@ -145,16 +151,22 @@ class WatchTree:
                     moved_out[ev.cookie] = child
             elif ev.mask & IN_MOVED_TO:
                 child = moved_out.pop(ev.cookie, None)
-                if child is None:
-                    fx.watch.append(rel)  # from outside the folder (or its departure was not seen)
+                old = node.children.get(name)
+                if old is not None:
+                    # onto a watched directory: replaced (it was empty) or exchanged with the
+                    # arriving one (renameat2 RENAME_EXCHANGE, whose second half follows). Which,
+                    # the events do not say in order: both are watched afresh by walking
+                    fx.unwatch.extend(self._forget(old))
+                    if child is not None:
+                        fx.unwatch.extend(self._forget(child))
+                    fx.watch.append((node, name))
+                elif child is None:
+                    fx.watch.append((node, name))  # from outside the folder (or its departure was not seen)
                 else:
-                    old = node.children.get(name)
-                    if old is not None:
-                        self._forget(old)
                     child.name, child.parent = name, node
                     node.children[name] = child
             elif ev.mask & IN_CREATE:
-                fx.watch.append(rel)
+                fx.watch.append((node, name))
             elif ev.mask & IN_DELETE:
                 child = node.children.pop(name, None)
                 if child is not None:
@@ -163,20 +175,11 @@ class WatchTree:
             fx.unwatch.extend(self._forget(gone))
         return fx
 
-    def _find(self, rel: str) -> _Dir | None:
-        node = self._root
-        if rel:
-            for part in rel.split("/"):
-                if node is None:
-                    return None
-                node = node.children.get(part)
-        return node
-
-    def _unlink(self, node: _Dir) -> None:
+    def _unlink(self, node: WatchedDir) -> None:
         if node.parent is not None and node.parent.children.get(node.name) is node:
             del node.parent.children[node.name]
 
-    def _forget(self, node: _Dir) -> list[int]:
+    def _forget(self, node: WatchedDir) -> list[int]:
         """Drop `node` and everything below it; returns their watch descriptors."""
         self._unlink(node)
         wds: list[int] = []
@@ -188,14 +191,15 @@ class WatchTree:
                 wds.append(n.wd)
             stack.extend(n.children.values())
             n.children = {}
-        if node is self._root:
-            self._root = None
+        if node is self.root:
+            self.root = None
         return wds
 
 
-def _path(node: _Dir) -> str:
+def path(node: WatchedDir) -> str:
+    """`node`'s folder-relative name ("" for the root), O(depth)."""
     parts: list[str] = []
-    n: _Dir | None = node
+    n: WatchedDir | None = node
     while n is not None and n.parent is not None:
         parts.append(n.name)
         n = n.parent

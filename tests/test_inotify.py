@@ -5,7 +5,6 @@ import asyncio
 import ctypes
 import errno
 import logging
-import os
 import threading
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from syncer import inotify
 from syncer import watchtree as wt
 from syncer.watch import FolderWatcher
+from tests.daemons import wait_until
 
 linux = pytest.mark.skipif(not inotify.available(), reason="Linux inotify")
 
@@ -24,10 +24,21 @@ def ev(wd: int, mask: int, name: bytes = b"", cookie: int = 0) -> wt.Event:
 def tree(*dirs: str) -> wt.WatchTree:
     """A tree watching the root (wd 1) and `dirs` (wd 2, 3, ...), parents first."""
     t = wt.WatchTree()
-    t.added(1, "")
+    nodes = {"": t.add(1, None)}
     for i, d in enumerate(dirs):
-        t.added(i + 2, d)
+        head, _, base = d.rpartition("/")
+        nodes[d] = t.add(i + 2, nodes[head], base)
     return t
+
+
+def node(t: wt.WatchTree, wd: int) -> wt.WatchedDir:
+    found = t._by_wd[wd]
+    assert t.alive(found)
+    return found
+
+
+def watching(fx: wt.Effects) -> list[str]:
+    return [f"{wt.path(p)}/{n}".lstrip("/") for p, n in fx.watch]
 
 
 def test_parse_reads_every_event_of_a_buffer():
@@ -48,7 +59,7 @@ def test_names_are_relative_to_the_folder():
 
 def test_a_new_directory_is_reported_and_watched():
     fx = tree().handle([ev(1, wt.IN_CREATE | wt.IN_ISDIR, b"new")])
-    assert fx.changed == ["new"] and fx.watch == ["new"]
+    assert fx.changed == ["new"] and watching(fx) == ["new"]
 
 
 def test_a_directory_renamed_inside_keeps_its_watches_under_the_new_name():
@@ -62,7 +73,7 @@ def test_a_directory_renamed_inside_keeps_its_watches_under_the_new_name():
 def test_rename_relinks_the_subtree_without_walking_it():
     t = tree("a", "x")
     for i in range(1000):
-        t.added(100 + i, f"a/d{i}")
+        t.add(100 + i, node(t, 2), f"d{i}")
     fx = t.handle([ev(1, wt.IN_MOVED_FROM | wt.IN_ISDIR, b"a", 9), ev(1, wt.IN_MOVED_TO | wt.IN_ISDIR, b"renamed", 9)])
     assert fx.changed == ["a", "renamed"] and not fx.watch and not fx.unwatch
     assert t.path_of(999 + 100) == "renamed/d999"
@@ -79,7 +90,7 @@ def test_a_directory_moved_out_loses_its_watches():
 
 def test_a_directory_moved_in_from_outside_is_watched():
     fx = tree().handle([ev(1, wt.IN_MOVED_TO | wt.IN_ISDIR, b"came", 11)])
-    assert fx.changed == ["came"] and fx.watch == ["came"]
+    assert fx.changed == ["came"] and watching(fx) == ["came"]
 
 
 def test_removed_directories_are_forgotten():
@@ -97,8 +108,27 @@ def test_lost_events_and_a_vanished_root_ask_for_a_full_scan():
 
 def test_a_watch_added_again_is_relinked():
     t = tree("a")
-    t.added(2, "b")  # the same directory (same wd) seen again under another name
+    t.add(2, node(t, 1), "b")  # the same directory (same wd) seen again under another name
     assert t.path_of(2) == "b" and t.handle([ev(1, wt.IN_CREATE, b"a")]).changed == ["a"]
+
+
+def test_a_new_directory_is_watched_under_the_name_it_has_after_the_burst():
+    t = tree("q")
+    fx = t.handle([
+        ev(2, wt.IN_CREATE | wt.IN_ISDIR, b"new"),
+        ev(1, wt.IN_MOVED_FROM | wt.IN_ISDIR, b"q", 4), ev(1, wt.IN_MOVED_TO | wt.IN_ISDIR, b"r", 4),
+    ])
+    assert watching(fx) == ["r/new"]
+
+
+def test_renamed_onto_a_watched_directory_both_are_watched_afresh():
+    # renameat2(RENAME_EXCHANGE) of a and b: each half is a rename onto the other
+    t = tree("a", "a/deep", "b")
+    fx = t.handle([
+        ev(1, wt.IN_MOVED_FROM | wt.IN_ISDIR, b"a", 1), ev(1, wt.IN_MOVED_TO | wt.IN_ISDIR, b"b", 1),
+        ev(1, wt.IN_MOVED_FROM | wt.IN_ISDIR, b"b", 2), ev(1, wt.IN_MOVED_TO | wt.IN_ISDIR, b"a", 2),
+    ])
+    assert sorted(watching(fx)) == ["a", "b"] and sorted(fx.unwatch) == [2, 3, 4] and len(t) == 1
 
 
 # --- the real kernel ------------------------------------------------------------------
@@ -210,17 +240,22 @@ def test_watch_limit_is_reported_once_and_the_rest_still_watched(tmp_path, monke
         (tmp_path / d).mkdir()
     real = inotify._lib()
 
-    class Limited:
+    class Limited:  # room for one watch: the root's (the walk adds it first)
+        calls = 0
+
         def __getattr__(self, name):
             return getattr(real, name)
 
         def inotify_add_watch(self, fd, path, mask):
-            if path != os.fsencode(tmp_path):
+            self.calls += 1
+            if self.calls > 1:
                 ctypes.set_errno(errno.ENOSPC)
                 return -1
             return real.inotify_add_watch(fd, path, mask)
 
-    monkeypatch.setattr(inotify, "_lib", lambda: Limited())
+    limited = Limited()
+
+    monkeypatch.setattr(inotify, "_lib", lambda: limited)
     got: list[str] = []
     iw = inotify.InotifyWatch(tmp_path, lambda names, lost: got.extend(names))
     with caplog.at_level(logging.WARNING, "syncer.inotify"):
@@ -251,3 +286,104 @@ def test_lost_events_make_the_next_batch_a_full_scan(tmp_path):
         assert await asyncio.wait_for(w.next_batch(), 5) == {"b"}
 
     asyncio.run(main())
+
+
+class Recorder:
+    """on_changes for an InotifyWatch: every name it was given, waitable."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.lost = False
+        self.cond = threading.Condition()
+
+    def __call__(self, names: list[str], lost: bool) -> None:
+        with self.cond:
+            self.names.update(names)
+            self.lost |= lost
+            self.cond.notify_all()
+
+    def wait(self, name: str, timeout: float = 20) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: name in self.names, timeout), f"{name} never reported"
+
+
+@linux
+def test_directories_exchanged_by_renameat2_keep_their_names(tmp_path):
+    libc = ctypes.CDLL(None, use_errno=True)
+    (tmp_path / "a" / "in-a").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    rec = Recorder()
+    iw = inotify.InotifyWatch(tmp_path, rec)
+    iw.start()
+    try:
+        AT_FDCWD, RENAME_EXCHANGE = -100, 2
+        assert libc.renameat2(AT_FDCWD, bytes(tmp_path / "a"), AT_FDCWD, bytes(tmp_path / "b"), RENAME_EXCHANGE) == 0
+        rec.wait("b")
+        rec.wait("a")
+        (tmp_path / "b" / "in-a" / "f").write_text("1")  # what was a, now at b
+        (tmp_path / "a" / "g").write_text("2")  # what was b, now at a
+        rec.wait("b/in-a/f")
+        rec.wait("a/g")
+        assert "a/in-a/f" not in rec.names
+    finally:
+        iw.stop()
+
+
+@linux
+def test_lost_events_rebuild_every_watch(tmp_path):
+    limit = int(open("/proc/sys/fs/inotify/max_queued_events").read())
+    if limit > 50_000:
+        pytest.skip(f"max_queued_events {limit}: too many files to overflow it in a test")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "flood").mkdir()
+    rec = Recorder()
+    hold = threading.Event()
+
+    def on_changes(names: list[str], lost: bool) -> None:
+        rec(names, lost)
+        if "go" in names:
+            assert hold.wait(20)  # the watch thread busy (as walking a big tree) while events pile up
+
+    iw = inotify.InotifyWatch(tmp_path, on_changes)
+    iw.start()
+    try:
+        (tmp_path / "go").write_text("x")
+        rec.wait("go")
+        for i in range(limit // 2 + 1000):  # two events each: more than the kernel queues
+            (tmp_path / "flood" / f"f{i}").touch()
+        (tmp_path / "newdir").mkdir()
+        (tmp_path / "old").rename(tmp_path / "renamed")
+        hold.set()
+        with rec.cond:
+            assert rec.cond.wait_for(lambda: rec.lost, 20), "the overflow was not reported"
+        (tmp_path / "newdir" / "f").write_text("1")  # watched although its creation was lost
+        (tmp_path / "renamed" / "g").write_text("2")  # under its new name
+        rec.wait("newdir/f")
+        rec.wait("renamed/g")
+        assert "old/g" not in rec.names
+    finally:
+        hold.set()
+        iw.stop()
+
+
+@linux
+def test_a_tree_renamed_while_it_is_walked_is_watched_whole(tmp_path):
+    (tmp_path / "big").mkdir()
+    for i in range(2000):
+        (tmp_path / "big" / f"d{i:04}").mkdir()
+    rec = Recorder()
+    iw = inotify.InotifyWatch(tmp_path, rec)
+    iw.start(wait=False)
+    try:
+        wait_until(lambda: len(iw.tree) >= 3, 20, "the walk under way")  # the root and big watched
+        (tmp_path / "big").rename(tmp_path / "big2")  # most likely while the walk is still going
+        assert iw._ready.wait(20)
+        rec.wait("big2")
+        for i in range(0, 2000, 97):
+            (tmp_path / "big2" / f"d{i:04}" / "f").touch()
+        (tmp_path / "marker").touch()
+        for i in range(0, 2000, 97):
+            rec.wait(f"big2/d{i:04}/f")
+        assert not any(n.startswith("big/") for n in rec.names)
+    finally:
+        iw.stop()

@@ -777,7 +777,7 @@ class FolderRuntime:
                 own[f.name] = (expires, kind, f.size, f.mtime_ns, f.inode)
 
     def _is_own_write(self, name: str) -> bool:
-        """Watchdog thread: is `name` exactly as apply left it a moment ago?"""
+        """Watch thread: is `name` exactly as apply left it a moment ago?"""
         with self._own_lock:
             entry = self._own_writes.get(name)
         if entry is None or entry[0] < self.clock.monotonic():
