@@ -148,7 +148,7 @@ class Node:
             ids = set(a.ids)
             self.sim.send(self, peer, lambda peer=peer: peer.on_cancel(self, ids))
         elif isinstance(a, Announce):
-            targets = [self.sim.nodes[a.to]] if a.to is not None else [o for o in self.sim.online_peers(self) if o.name != a.exclude]  # type: ignore[index]
+            targets = [self.sim.nodes[a.to]] if a.to is not None else [o for o in self.sim.online_peers(self) if o.name not in a.exclude]  # type: ignore[index]
             for o in targets:
                 self.sim.send(self, o, lambda o=o, m=a.message: o.on_announce(self, m))
         elif isinstance(a, AbortJob):

@@ -76,6 +76,28 @@ def start_with(p: Puller, rows: list[Wanted], peers=("A",)) -> list:
     return p.actions()
 
 
+def test_haves_go_only_to_peers_that_lack_the_block():
+    p = new_puller()
+    f = fi("a.bin", blocks=3)
+    acts = start_with(p, [wanted(f, holders=("A", "B"))], peers=("A", "B", "C", "D"))
+    (prep,) = of(acts, PrepareJobs)
+    p.job_prepared("a.bin", prep.jobs[0].gen, set())
+    p.have("D", Have("F", "a.bin", list(f.version), 1))  # D holds block 1 only
+    p.actions()
+    p.fill(0.0, {})
+    requests = [(a.peer, r) for a in of(p.actions(), SendRequests) for r in a.requests]
+    assert sorted(r.block_index for _, r in requests) == [0, 1, 2]
+    for peer, r in requests:
+        exp = p.piece_arrived(peer, r.id, r.size)
+        assert exp is not None
+        p.block_done(peer, exp, True)
+        (ann,) = of(p.actions(), Announce)
+        assert isinstance(ann.message, Have) and ann.message.block_index == r.block_index
+        # the seeds and the sender never; D only for the blocks it lacks; C always
+        assert {"A", "B", peer} <= ann.exclude and "C" not in ann.exclude
+        assert ("D" in ann.exclude) == (r.block_index == 1)
+
+
 def test_a_file_goes_from_need_to_applied():
     p = new_puller()
     f = fi("a.bin", blocks=3)

@@ -643,7 +643,7 @@ class FolderRuntime:
                 s.send_many(msgs)
 
     def _announce(self, a: Announce) -> None:
-        targets = [cast(DeviceId, a.to)] if a.to is not None else [d for d in self.peers if d != a.exclude]
+        targets = [cast(DeviceId, a.to)] if a.to is not None else [d for d in self.peers if d not in a.exclude]
         for dev in targets:
             s = self.peers.get(dev)
             if s is not None:

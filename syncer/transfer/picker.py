@@ -132,6 +132,13 @@ class Picker:
                 if 0 <= i < f.count:
                     f.add_partial(peer, i)
 
+    def block_holders(self, name: str, i: int) -> set[Peer]:
+        """The peers known to hold block i of `name` (O(peers))."""
+        f = self.files.get(name)
+        if f is None:
+            return set()
+        return f.full_holders | {p for p, held in f.partial.items() if i in held}
+
     def have(self, peer: Peer, ref: BlockRef) -> None:
         f = self.files.get(ref.file)
         if f and peer not in f.full_holders and 0 <= ref.index < f.count:

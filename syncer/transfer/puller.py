@@ -154,11 +154,11 @@ class SendCancels:
 
 @dataclass(frozen=True)
 class Announce:
-    """Send `message` to `to`, or to every peer of the folder except `exclude`."""
+    """Send `message` to `to`, or to every peer of the folder except those in `exclude`."""
 
     message: Bitfield | Have
     to: Peer | None = None
-    exclude: Peer | None = None
+    exclude: frozenset[Peer] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -748,7 +748,13 @@ class Puller:
             self._emit(SendCancels(other, tuple(ids)))
         job.have.add(exp.index)
         if len(job.file.blocks) > 1:
-            self._emit(Announce(Have(self.folder, job.file.name, list(job.file.version), exp.index), exclude=peer))
+            # not to the peers that hold this block already (the sender, seeds, partial holders
+            # that said so): they never ask anyone for it. In a swarm that is a good part of
+            # the Haves (each block is announced to every other peer), each one a message to
+            # encode, send, decode and account for; a peer whose download restarts sends its
+            # new bitfield and gets ours in reply, so it learns of this block anyway
+            holders = self.picker.block_holders(exp.name, exp.index) | {peer}
+            self._emit(Announce(Have(self.folder, job.file.name, list(job.file.version), exp.index), exclude=frozenset(holders)))
         if self.picker.done(exp.name):
             self._finish(job)
             self._update_interest()
