@@ -203,18 +203,19 @@ class FolderWatcher:
             return None
         if rel == "." or rel.startswith(".."):
             return None
-        rel = unicodedata.normalize("NFC", rel.replace(os.sep, "/"))
+        return self._kept(rel.replace(os.sep, "/"))
+
+    def _kept(self, rel: str) -> str | None:
+        """Watch thread: `rel` as NFC, None for what is never synced or what apply itself just
+        wrote there (if still exactly that)."""
+        rel = unicodedata.normalize("NFC", rel)
         if always_ignored(rel) or (self.own is not None and self.own(rel)):
             return None
         return rel
 
     def _changes(self, names: list[str], lost: bool) -> None:
         """inotify thread: a burst's changed names (each once), filtered here, handed over together."""
-        keep = []
-        for name in dict.fromkeys(names):
-            rel = unicodedata.normalize("NFC", name)
-            if not always_ignored(rel) and not (self.own is not None and self.own(rel)):
-                keep.append(rel)
+        keep = [rel for rel in map(self._kept, dict.fromkeys(names)) if rel is not None]
         if not keep and not lost:
             return
         with self._lock:

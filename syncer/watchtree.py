@@ -64,7 +64,7 @@ def parse(buf: bytes) -> list[Event]:
 
 
 class WatchedDir:
-    """A directory with a watch: its descriptor, its name in its parent (None for the root)."""
+    """A directory with a watch: its descriptor, its name in its parent (the root: "", no parent)."""
 
     __slots__ = ("wd", "name", "parent", "children")
 

@@ -208,12 +208,14 @@ class Picker:
         out: list[BlockRef] = []
         started = [name for name in self._order if self.files[name].started]
         rest = [name for name in self._order if not self.files[name].started]
-        spared = [0 if spare is None else spare]
         for name in started + rest:
             f = self.files[name]
             if not f.free or (peer not in f.full_holders and peer not in f.partial):
                 continue
-            for i in self._choose(f, peer, n - len(out), now, None if spare is None else spared):
+            chosen, shared = self._choose(f, peer, n - len(out), now, spare)
+            if spare is not None:
+                spare -= shared  # the budget is for the whole pick, across files
+            for i in chosen:
                 f.free.discard(i)
                 ref = BlockRef(name, i)
                 self.in_flight[ref] = {peer: now}
@@ -226,9 +228,9 @@ class Picker:
             out = self._endgame(peer, min(n, ENDGAME_BATCH), now, stuck)
         return out
 
-    def _choose(self, f: _File, peer: Peer, need: int, now: float, spare: list[int] | None) -> list[int]:
-        """`spare`, when given: a one-element budget of blocks (shared across files) that this
-        full holder may give although a usable partial holder has them too."""
+    def _choose(self, f: _File, peer: Peer, need: int, now: float, spare: int | None) -> tuple[list[int], int]:
+        """Blocks of `f` to ask `peer` for, and how many of them a usable partial holder has
+        too. `spare`, when given: how many of those this full holder may give."""
         if not f.partial:
             # only full holders: every block is equally rare, take the next ones of the file's
             # random order (amortised O(need)); blocks handed back later come from `free`
@@ -240,19 +242,19 @@ class Picker:
                     got.append(i)
             if len(got) < need and f.cursor >= len(f.order):
                 got += [i for i in f.free if i not in got][: need - len(got)]
-            return got
+            return got, 0
         # partial holders around: rarest first among what this peer has, random tie-break
         if peer in f.full_holders:
             cands: Iterable[int] = f.free
         else:
             held = f.partial.get(peer)
             if not held:
-                return []
+                return [], 0
             cands = held & f.free if len(held) < len(f.free) else [i for i in f.free if i in held]
         full, counts, rank = len(f.full_holders), f.partial_count, f.rank
         if spare is None or peer not in f.full_holders:
             keyed = heapq.nsmallest(need, ((full + counts.get(i, 0), rank[i], i) for i in cands))
-            return [i for _, _, i in keyed]
+            return [i for _, _, i in keyed], 0
         # a full holder: the blocks no usable partial holder has come first, and of the others
         # only `spare`; rarest first within each
         usable = [held for p, held in f.partial.items() if self._usable(p, now)]
@@ -262,14 +264,14 @@ class Picker:
             return counts.get(i, 0) > 0 if all_usable else any(i in held for held in usable)
 
         picked = heapq.nsmallest(need, ((elsewhere(i), full + counts.get(i, 0), rank[i], i) for i in cands))
-        out = []
+        out, taken = [], 0
         for shared, _, _, i in picked:
             if shared:
-                if spare[0] <= 0:
+                if taken >= spare:
                     break
-                spare[0] -= 1
+                taken += 1
             out.append(i)
-        return out
+        return out, taken
 
     def _usable(self, peer: Peer, now: float) -> bool:
         """Would a request to this peer be served soon: not choking us, banned or snubbed."""
