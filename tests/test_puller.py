@@ -283,3 +283,16 @@ def test_a_fast_seed_of_a_swarm_gets_a_pipeline_of_round_trips_not_a_second(othe
         assert sent >= 8 * MIN_BUDGET
     else:
         assert sent <= MIN_BUDGET + BS
+
+
+def test_a_batched_have_counts_every_block_it_names_and_drops_the_out_of_range():
+    p = new_puller()
+    f = fi("a.bin", blocks=4)
+    acts = start_with(p, [wanted(f, holders=("A",))], peers=("A", "B"))
+    (prep,) = of(acts, PrepareJobs)
+    p.job_prepared("a.bin", prep.jobs[0].gen, set())
+    p.have("B", Have("F", "a.bin", list(f.version), 1, [3, 9]))  # 9: no such block
+    assert p.picker.block_holders("a.bin", 1) == {"A", "B"}
+    assert p.picker.block_holders("a.bin", 3) == {"A", "B"}
+    assert p.picker.block_holders("a.bin", 0) == {"A"}
+    assert "B" in p.interest

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import struct
+from typing import Annotated
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncer.wire import (
+    MAX_HAVE_MORE,
     TYPES,
+    U63,
+    U64,
     Bitfield,
+    BlockIndex,
     Cancel,
     Choke,
     Close,
@@ -18,6 +24,7 @@ from syncer.wire import (
     Connection,
     ConnectionClosed,
     DeviceSummary,
+    FolderId,
     FolderSummary,
     FrameDecoder,
     Have,
@@ -25,6 +32,7 @@ from syncer.wire import (
     Index,
     IndexUpdate,
     Interested,
+    Message,
     MessageReceived,
     NotInterested,
     PeerAddresses,
@@ -36,6 +44,7 @@ from syncer.wire import (
     RelayData,
     RelayVia,
     Request,
+    ShortText,
     State,
     Unchoke,
     WireFile,
@@ -319,3 +328,24 @@ def test_the_package_exports_every_message_and_limit():
     public -= {"annotations", "Annotated"}  # what messages.py itself imports
     assert public <= set(syncer.wire.__all__)
     assert all(hasattr(syncer.wire, n) for n in syncer.wire.__all__)
+
+
+
+class OldHave(Message, frozen=True):
+    """Have as it was before `more` was appended (what an older peer decodes)."""
+
+    folder: FolderId
+    name: ShortText
+    version: Annotated[list[tuple[U64, U63]], msgspec.Meta(max_length=1000)]
+    block_index: BlockIndex
+
+
+def test_a_batched_have_round_trips_and_an_older_decoder_reads_its_first_block():
+    msg = Have("F", "a.bin", [(1, 2)], 4, [5, 9])
+    (back,) = FrameDecoder().feed(encode(msg))
+    assert back == msg and back.indexes() == [4, 5, 9]
+    body = msgspec.msgpack.encode(msg)
+    assert msgspec.msgpack.decode(body, type=OldHave) == OldHave("F", "a.bin", [(1, 2)], 4)
+    too_many = msgspec.msgpack.encode(Have("F", "a.bin", [], 0, list(range(MAX_HAVE_MORE + 1))))
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(too_many, type=Have)

@@ -58,7 +58,17 @@ from syncer.transfer.puller import (
     SendCancels,
     SendRequests,
 )
-from syncer.wire import Bitfield, Cancel, Have, Index, IndexUpdate, Piece, WireFile
+from syncer.wire import (
+    FEATURE_HAVE_BATCH,
+    MAX_HAVE_MORE,
+    Bitfield,
+    Cancel,
+    Have,
+    Index,
+    IndexUpdate,
+    Piece,
+    WireFile,
+)
 
 if TYPE_CHECKING:
     from syncer.model.sync import SyncModel
@@ -596,8 +606,14 @@ class FolderRuntime:
             return
         now = self.clock.monotonic()
         self.puller.fill(now, {dev: s.down_rate() for dev, s in self.peers.items()})
+        haves: list[Announce] = []
         for action in self.puller.actions():
-            self._carry_out(action)
+            if isinstance(action, Announce) and isinstance(action.message, Have) and action.to is None:
+                haves.append(action)
+            else:
+                self._carry_out(action)
+        if haves:
+            self._announce_haves(haves)
         if self.puller.interest != self._last_interest:
             self._last_interest = set(self.puller.interest)
             self.model.interest_changed()
@@ -649,6 +665,30 @@ class FolderRuntime:
             if s is not None:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     s.send_droppable(a.message)
+
+    def _announce_haves(self, announces: list[Announce]) -> None:
+        """The turn's Haves, one message per file to each peer that takes a batch: in a swarm
+        they were most of the messages (a 1 -> 7 receiver sent and got 7,800 for 1,024 blocks),
+        and a turn finishes several blocks when the loop is busy."""
+        first: dict[tuple[str, tuple[tuple[int, int], ...]], Have] = {}
+        per_peer: dict[DeviceId, dict[tuple[str, tuple[tuple[int, int], ...]], list[int]]] = {}
+        for a in announces:
+            m = cast(Have, a.message)
+            key = (m.name, tuple(m.version))
+            first.setdefault(key, m)
+            for dev in self.peers:
+                if dev not in a.exclude:
+                    per_peer.setdefault(dev, {}).setdefault(key, []).extend(m.indexes())
+        for dev, files in per_peer.items():
+            s = self.peers.get(dev)
+            if s is None:
+                continue
+            step = MAX_HAVE_MORE + 1 if s.has_feature(FEATURE_HAVE_BATCH) else 1
+            for key, idx in files.items():
+                m = first[key]
+                for i in range(0, len(idx), step):
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        s.send_droppable(Have(m.folder, m.name, m.version, idx[i], idx[i + 1 : i + step]))
 
     async def _load(self, a: LoadNeed) -> None:
         devices = self.sharing()

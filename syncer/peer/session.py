@@ -32,6 +32,7 @@ from syncer.runtime.timeouts import wait_for
 from syncer.transfer.ratelimit import TokenBucket
 from syncer.transfer.rates import RateMeter
 from syncer.wire import (
+    FEATURE_HAVE_BATCH,
     Connection,
     ConnectionClosed,
     Hello,
@@ -42,7 +43,7 @@ from syncer.wire import (
 
 log = logging.getLogger(__name__)
 
-FEATURES = ["bitfield", "choke", "interest", "peer-assist"]  # peer-assist: nat/assist.py
+FEATURES = ["bitfield", "choke", "interest", "peer-assist", FEATURE_HAVE_BATCH]  # peer-assist: nat/assist.py
 TIMER_GRANULARITY = 1.0
 # frames up to this size (pieces of blocks up to 2 MiB: files up to 4 GiB) arrive whole from
 # transports that can align reads, and are decoded in place without being joined

@@ -140,9 +140,14 @@ class Picker:
         return f.full_holders | {p for p, held in f.partial.items() if i in held}
 
     def have(self, peer: Peer, ref: BlockRef) -> None:
-        f = self.files.get(ref.file)
-        if f and peer not in f.full_holders and 0 <= ref.index < f.count:
-            f.add_partial(peer, ref.index)
+        self.have_many(peer, ref.file, (ref.index,))
+
+    def have_many(self, peer: Peer, name: str, indexes: Iterable[int]) -> None:
+        f = self.files.get(name)
+        if f and peer not in f.full_holders:
+            for i in indexes:
+                if 0 <= i < f.count:
+                    f.add_partial(peer, i)
 
     def remove_peer(self, peer: Peer) -> None:
         self.choking_us.discard(peer)

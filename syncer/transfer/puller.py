@@ -614,9 +614,9 @@ class Puller:
 
     def have(self, peer: Peer, msg: Have) -> None:
         job = self._job_for(msg.name, msg.version)
-        if job is None or peer not in self._connected or not 0 <= msg.block_index < len(job.file.blocks):
+        if job is None or peer not in self._connected:
             return
-        self.picker.have(peer, BlockRef(msg.name, msg.block_index))
+        self.picker.have_many(peer, msg.name, msg.indexes())
         self._answer_availability(peer, job)
         self._update_interest()
 

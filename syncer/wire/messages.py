@@ -85,11 +85,24 @@ class Bitfield(Message, frozen=True):
     bits: bytes  # bit i (MSB first in byte i//8) = holds block i
 
 
+MAX_HAVE_MORE = 1 << 14  # further blocks in one Have
+
+
 class Have(Message, frozen=True):
+    """Block `block_index` of this version, and the blocks in `more` (sent only to a peer whose
+    Hello lists FEATURE_HAVE_BATCH; an older one would read the first block alone)."""
+
     folder: FolderId
     name: ShortText
     version: Annotated[list[tuple[U64, U63]], msgspec.Meta(max_length=1000)]
     block_index: BlockIndex
+    more: Annotated[list[BlockIndex], msgspec.Meta(max_length=MAX_HAVE_MORE)] = []
+
+    def indexes(self) -> list[int]:
+        return [self.block_index, *self.more]
+
+
+FEATURE_HAVE_BATCH = "have-batch"
 
 
 class Request(Message, frozen=True):
