@@ -10,7 +10,7 @@ def avail_picker(avail: str) -> Picker:
     p.set_full_holder("me", "f")
     for i, c in enumerate(avail):
         for k in range(int(c)):
-            p.have(f"p{k}", BlockRef("f", i))
+            p.have_many(f"p{k}", "f", (i,))
     return p
 
 

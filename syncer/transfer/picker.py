@@ -139,9 +139,6 @@ class Picker:
             return set()
         return f.full_holders | {p for p, held in f.partial.items() if i in held}
 
-    def have(self, peer: Peer, ref: BlockRef) -> None:
-        self.have_many(peer, ref.file, (ref.index,))
-
     def have_many(self, peer: Peer, name: str, indexes: Iterable[int]) -> None:
         f = self.files.get(name)
         if f and peer not in f.full_holders:
