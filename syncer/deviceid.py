@@ -10,6 +10,7 @@ Pure logic, no I/O.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -33,6 +34,15 @@ def luhn32(s: str) -> str:
         factor = 1 if factor == 2 else 2
         total += addend // 32 + addend % 32
     return ALPHABET[(32 - total % 32) % 32]
+
+
+@functools.lru_cache(maxsize=1024)
+def _text(raw: bytes) -> str:
+    """The ID's text form; cached: the same few devices are named per applied file (the short
+    name a conflict copy would get), per dial tick and in every status."""
+    s = base64.b32encode(raw).decode().rstrip("=")
+    with_check = "".join(s[i : i + 13] + luhn32(s[i : i + 13]) for i in range(0, 52, 13))
+    return "-".join(with_check[i : i + 7] for i in range(0, 56, 7))
 
 
 @dataclass(frozen=True, order=True)
@@ -72,9 +82,7 @@ class DeviceId:
         return cls(raw)
 
     def __str__(self) -> str:
-        s = base64.b32encode(self.raw).decode().rstrip("=")
-        with_check = "".join(s[i : i + 13] + luhn32(s[i : i + 13]) for i in range(0, 52, 13))
-        return "-".join(with_check[i : i + 7] for i in range(0, 56, 7))
+        return _text(self.raw)
 
     def __repr__(self) -> str:
         return f"DeviceId({self.short})"

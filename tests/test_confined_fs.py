@@ -210,6 +210,35 @@ def test_dir_fds_bounded_released_when_idle_and_reopened(tmp_path):
     assert fs.open_fds() == 0
 
 
+def test_dir_cache_counts_what_lies_below_each_directory(tmp_path):
+    """_forget skips its walk over the cache for names with nothing cached at or below them;
+    the counts must follow every way a directory leaves the cache (eviction, forget, release)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    fs = FolderFS(root, max_dirs=3)
+
+    def expected() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rel in fs._dirs:
+            parts = rel.split("/")
+            for i in range(1, len(parts)):
+                out["/".join(parts[:i])] = out.get("/".join(parts[:i]), 0) + 1
+        return out
+
+    for name in ("a/b/c/f", "a/b/g", "x/y/f", "a/b/c/h", "x/f"):
+        fd, _ = fs.open_temp(name, 0o644)
+        os.close(fd)
+        assert fs._below == expected() and len(fs._dirs) <= 3
+    fd, _ = fs.open_temp("a/b/c/f2", 0o644)
+    os.close(fd)
+    assert "a/b/c" in fs._dirs and fs._below == expected()
+    fs.replace("a/b", "moved")  # a/b and a/b/c are dropped, a stays
+    assert not any(k.startswith("a/b") for k in fs._dirs) and fs._below == expected()
+    assert fs.lstat("moved/c/f2").st_size == 0
+    fs.close()
+    assert fs._below == {} and fs._dirs == {}
+
+
 def test_root_symlink_made_by_the_user_is_resolved_once(tmp_path):
     real = tmp_path / "real"
     (real / ".syncer").mkdir(parents=True)

@@ -119,3 +119,31 @@ def test_scan_state_limited_to_scope(tmp_path):
     assert set(db.scan_state("f", ["a"])) == {"a", "a/b", "a/b/c"}
     assert set(db.scan_state("f", ["a/b/c", "b"])) == {"a/b/c", "b", "b/x"}
     assert db.scan_state("f", ["zzz"]) == {}
+
+
+def test_need_basis_kept_when_only_devices_without_rows_come_or_go(tmp_path, monkeypatch):
+    """Pairing a device that has sent nothing yet changes no entry's need, so the full
+    recomputation (about 20 s at 1,000,000 files) is skipped; a device with rows still
+    triggers it, and the need is then what a recomputation from scratch gives."""
+    from syncer.model.need import NeedIndex, Policy
+
+    db = IndexDB(tmp_path / "i.db")
+    a, b, c = DeviceId(b"\x01" * 32), DeviceId(b"\x02" * 32), DeviceId(b"\x03" * 32)
+    db.update_local("f", [fi("mine")])
+    db.update_remote("f", a.raw, [msgspec.structs.replace(fi("theirs", version=((9, 1),)), sequence=1)])
+    need = NeedIndex("f")
+    full = []
+    monkeypatch.setattr(need, "recompute_all", lambda *args, _orig=need.recompute_all: (full.append(1), _orig(*args))[1])
+    assert need.ensure_basis(db, [a], Policy()) and len(full) == 1
+    table = db.need_list("f", "", 0, 100)
+    assert [r.name for r in table] == ["theirs"]
+    assert not need.ensure_basis(db, [a, b], Policy()) and len(full) == 1  # b: no rows
+    assert not need.ensure_basis(db, [a, b], Policy())  # the new basis was stored
+    assert not need.ensure_basis(db, [a], Policy()) and len(full) == 1  # b unshared before it sent anything
+    assert db.need_list("f", "", 0, 100) == table
+    db.update_remote("f", c.raw, [msgspec.structs.replace(fi("more", version=((8, 1),)), sequence=1)])
+    assert need.ensure_basis(db, [a, c], Policy()) and len(full) == 2  # c has rows
+    assert sorted(r.name for r in db.need_list("f", "", 0, 100)) == ["more", "theirs"]
+    assert need.ensure_basis(db, [c], Policy()) and len(full) == 3  # a's rows no longer count
+    assert [r.name for r in db.need_list("f", "", 0, 100)] == ["more"]
+    assert need.ensure_basis(db, [c], Policy(type="send-only")) and len(full) == 4  # another policy

@@ -71,7 +71,8 @@ def start_with(p: Puller, rows: list[Wanted], peers=("A",)) -> list:
     for peer in peers:
         p.peer_ready(peer)
     acts = p.actions()
-    assert of(acts, LoadNeed) == [LoadNeed(None, True, p.page)]
+    (load,) = of(acts, LoadNeed)
+    assert load.after is None and load.inclusive and 0 < load.limit <= p.page
     p.need_loaded(rows, exhausted=True)
     return p.actions()
 
@@ -171,6 +172,29 @@ def test_slots_limit_jobs_and_the_pass_resumes_after_apply():
     p.need_loaded([wanted(files[2])], exhausted=True)
     (prep,) = of(p.actions(), PrepareJobs)
     assert [s.file.name for s in prep.jobs] == ["f2"]
+
+
+def test_need_pages_are_as_big_as_the_room_to_start_files():
+    """Among the files, a full job table loads no page, and a freed slot or two load a small
+    one: each finished file used to read 512 rows to start one or two."""
+    from syncer.transfer.puller import PAGE_SLACK
+
+    p = new_puller(max_jobs=4)
+    files = [fi(f"f{i:02}") for i in range(10)]
+    (prep,) = of(start_with(p, [wanted(f) for f in files[:6]]), PrepareJobs)
+    assert [s.file.name for s in prep.jobs] == ["f00", "f01", "f02", "f03"]
+    for s in prep.jobs:
+        p.job_prepared(s.file.name, s.gen, set())
+    assert not of(p.actions(), LoadNeed)  # four of four slots in use
+    p.restart_from((1, BS, "f09"))  # a need change further on: still nothing to start
+    assert not of(p.actions(), LoadNeed)
+    first = prep.jobs[0]
+    p.write_failed(first.file.name, first.gen)  # one slot free
+    (load,) = of(p.actions(), LoadNeed)
+    assert load.after == (1, BS, "f03") and not load.inclusive and load.limit == 1 + PAGE_SLACK
+    p.need_loaded([wanted(f) for f in files[4:]], exhausted=True)
+    (prep,) = of(p.actions(), PrepareJobs)
+    assert [s.file.name for s in prep.jobs] == ["f04"]
 
 
 def test_entries_nobody_connected_holds_are_skipped_until_a_holder_connects():

@@ -87,6 +87,14 @@ def split_name(name: str, max_components: int = MAX_COMPONENTS) -> list[str]:
     return parts
 
 
+def _parents(rel: str) -> Iterator[str]:
+    """The directories above `rel` ("a/b/c": "a/b", then "a")."""
+    i = rel.rfind("/")
+    while i > 0:
+        yield rel[:i]
+        i = rel.rfind("/", 0, i)
+
+
 def _openat(dir_fd: int, name: str, flags: int, mode: int = 0o777) -> int:
     """One component, relative to `dir_fd` (a seam: tests swap directories in between)."""
     return os.open(name, flags, mode, dir_fd=dir_fd)
@@ -119,6 +127,7 @@ class FolderFS:
         self._lock = threading.Lock()
         self._root: _Dir | None = None
         self._dirs: OrderedDict[str, _Dir] = OrderedDict()  # least recently used first
+        self._below: dict[str, int] = {}  # dir -> how many cached dirs lie below it (_forget is then O(1) for the rest)
         self._graveyard: list[int] = []  # fds to close once the current operation is done
         self._used = time.monotonic()
 
@@ -172,7 +181,19 @@ class FolderFS:
             os.close(fd)
             raise self._not_a_dir(parent, comp, rel)
         self._dirs[rel] = _Dir(fd, st.st_dev, st.st_ino)
+        for up in _parents(rel):
+            self._below[up] = self._below.get(up, 0) + 1
         return fd
+
+    def _uncache(self, rel: str, d: _Dir) -> None:
+        """`rel` (with fd holder `d`) has left the cache: its fd is closed after the operation."""
+        self._graveyard.append(d.fd)
+        for up in _parents(rel):
+            n = self._below[up] - 1
+            if n:
+                self._below[up] = n
+            else:
+                del self._below[up]
 
     def _open_dir_or_refuse(self, parent: int, comp: str, rel: str) -> int:
         try:
@@ -192,15 +213,17 @@ class FolderFS:
 
     def _forget(self, rel: str) -> None:
         """Drop the cached fds of `rel` and everything below it (closed after the operation)."""
+        if rel not in self._dirs and rel not in self._below:
+            return  # the common case (a file installed or removed): no walk over the cache
         below = rel + "/"
         for key in [k for k in self._dirs if k == rel or k.startswith(below)]:
-            self._graveyard.append(self._dirs.pop(key).fd)
+            self._uncache(key, self._dirs.pop(key))
 
     def _done(self) -> None:
         if not self._graveyard and len(self._dirs) <= self.max_dirs:
             return
         while len(self._dirs) > self.max_dirs:
-            self._graveyard.append(self._dirs.popitem(last=False)[1].fd)
+            self._uncache(*self._dirs.popitem(last=False))
         for fd in self._graveyard:
             try:
                 os.close(fd)
@@ -212,6 +235,7 @@ class FolderFS:
         for d in self._dirs.values():
             self._graveyard.append(d.fd)
         self._dirs.clear()
+        self._below.clear()
         if self._root is not None:
             self._graveyard.append(self._root.fd)
             self._root = None

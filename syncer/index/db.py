@@ -450,6 +450,10 @@ class IndexDB:
                 out[r[0]] = _row(r)
         return out
 
+    def has_rows(self, folder: str, device: bytes) -> bool:
+        """Does the index hold any row (a deletion too) of `device` in `folder`?"""
+        return self.conn.execute("SELECT 1 FROM files WHERE folder=? AND device=? LIMIT 1", (folder, device)).fetchone() is not None
+
     def count(self, folder: str, device: bytes = LOCAL) -> tuple[int, int]:
         r = self.conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files WHERE folder=? AND device=? AND deleted=0",

@@ -764,6 +764,10 @@ class FolderRuntime:
             locals_ = db.get_many(self.id, LOCAL, names)
             finished = [(s.file, locals_.get(s.file.name), s.conflict, self._loser_short(locals_.get(s.file.name))) for s in batch.finished]
             others = [(w.file, locals_.get(w.name)) for w in batch.others]
+            # noted before as well as after: the watcher sees the first renames of a batch while
+            # the rest is still being applied (at 10,000 files it reported nearly every file,
+            # and each was scanned again)
+            self._note_own_writes([s.file for s in batch.finished] + [w.file for w in batch.others], expected=True)
             outcome = applying.apply_batch(self.fs, finished, others, now, versions)
             if outcome.conflicts:
                 winners = {s.file.name: s.file for s in batch.finished}
@@ -797,10 +801,12 @@ class FolderRuntime:
             await self.scan(set(outcome.conflicts))
         self._kick()
 
-    def _note_own_writes(self, rows: list[FileInfo]) -> None:
+    def _note_own_writes(self, rows: list[FileInfo], expected: bool = False) -> None:
         """Worker: what apply just put on disk, so the watcher does not scan it again (the
         watchdog thread compares each event's file with it: a change by someone else after us
-        still gets scanned). Kept small: a few ints per name, at most OWN_WRITE_MAX names."""
+        still gets scanned). `expected`: what apply is about to write (the global versions;
+        their inode is not known yet, so not compared until the result is noted). Kept small: a
+        few ints per name, at most OWN_WRITE_MAX names."""
         if not rows:
             return
         now = self.clock.monotonic()
@@ -814,7 +820,7 @@ class FolderRuntime:
                     del own[k]  # the oldest first: their events have long been delivered
             for f in rows:
                 kind = -1 if f.deleted else int(f.type)
-                own[f.name] = (expires, kind, f.size, f.mtime_ns, f.inode)
+                own[f.name] = (expires, kind, f.size, f.mtime_ns, 0 if expected else f.inode)
 
     def _is_own_write(self, name: str) -> bool:
         """Watch thread: is `name` exactly as apply left it a moment ago?"""
