@@ -347,10 +347,11 @@ class Puller:
         table is full. A file finishing, or applied, frees slots a few at a time, and each
         used to read a page of 512 rows to start those few: at 1,000,000 files the receiver's
         worker spent a quarter of its time reading need pages."""
-        files = self.max_jobs - self._slots_used() if self._committed < self.max_job_bytes or not self._slots_used() else 0
+        bytes_left = self._committed < self.max_job_bytes or not self._slots_used()
+        files = max(0, self.max_jobs - self._slots_used()) if bytes_left else 0
         if self._cursor is not None and self._cursor[0][0] == KIND_FILE:
-            return max(0, files)
-        return max(0, files) + APPLY_BATCH - len(self._others)
+            return files
+        return files + APPLY_BATCH - len(self._others)
 
     def _slots_used(self) -> int:
         return self._active
