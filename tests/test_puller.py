@@ -197,6 +197,35 @@ def test_need_pages_are_as_big_as_the_room_to_start_files():
     assert [s.file.name for s in prep.jobs] == ["f04"]
 
 
+def test_a_job_dropped_by_a_need_change_lets_the_pass_go_on():
+    """A full job table stops the pass; a job whose file is no longer needed (or whose new
+    version nobody connected holds) frees its slot, and the pass continues from where it
+    stopped without waiting for another file to finish."""
+    p = new_puller(max_jobs=2)
+    files = [fi(f"f{i:02}") for i in range(4)]
+    (prep,) = of(start_with(p, [wanted(f) for f in files]), PrepareJobs)
+    assert [s.file.name for s in prep.jobs] == ["f00", "f01"]
+    for s in prep.jobs:
+        p.job_prepared(s.file.name, s.gen, set())
+    p.actions()
+    p.need_changed([NeedChange("f00", None)])  # not needed any more
+    acts = p.actions()
+    assert of(acts, AbortJob) and of(acts, AbortJob)[0].name == "f00"
+    (load,) = of(acts, LoadNeed)
+    assert load.after == (KIND_FILE, BS, "f01") and not load.inclusive
+    p.need_loaded([wanted(f) for f in files[2:]], exhausted=True)
+    (prep,) = of(p.actions(), PrepareJobs)
+    assert [s.file.name for s in prep.jobs] == ["f02"]
+    p.job_prepared("f02", prep.jobs[0].gen, set())
+    p.actions()
+    # a new version only B holds, B not connected: the job goes, the pass goes on to f03
+    p.need_changed([NeedChange("f01", (KIND_FILE, BS, "f01"), V2, frozenset({"B"}))])
+    (load,) = of(p.actions(), LoadNeed)
+    p.need_loaded([wanted(files[3])], exhausted=True)
+    (prep,) = of(p.actions(), PrepareJobs)
+    assert [s.file.name for s in prep.jobs] == ["f03"]
+
+
 def test_entries_nobody_connected_holds_are_skipped_until_a_holder_connects():
     p = new_puller()
     f = fi("a.bin")

@@ -475,6 +475,8 @@ class Puller:
                 restart_any = True
         if restart_any:
             self._restart_from(restart)
+        else:
+            self._maybe_load()  # an aborted job's slot may let the pass go on
         self._update_interest()
 
     def retry_due(self, at: float | None) -> None:
