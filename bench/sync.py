@@ -173,7 +173,16 @@ def main() -> None:
     only = set(args.only.upper().split(","))
     big = (16 if args.quick else 256) * MiB
     n_small = 1000 if args.quick else 10_000
-    base = Path(os.environ.get("BENCH_DIR") or tempfile.mkdtemp(prefix="syncer-bench-sync-"))
+    if os.environ.get("BENCH_DIR"):
+        # a fresh directory each run: the last run's daemon homes and receiver folders would
+        # start this one with its index and files (its sources are new random data), and the
+        # receiver could look done before it synced anything
+        base = Path(os.environ["BENCH_DIR"]) / "sync"
+        shutil.rmtree(base, ignore_errors=True)
+        os.sync()  # as after a run: new files must not land among inodes freed just now
+        base.mkdir(parents=True)
+    else:
+        base = Path(tempfile.mkdtemp(prefix="syncer-bench-sync-"))
     use_st = others.syncthing_available() and not args.no_syncthing
 
     def warm(nbytes: int) -> Callable[[], None]:
