@@ -210,7 +210,8 @@ def test_a_job_dropped_by_a_need_change_lets_the_pass_go_on():
     p.actions()
     p.need_changed([NeedChange("f00", None)])  # not needed any more
     acts = p.actions()
-    assert of(acts, AbortJob) and of(acts, AbortJob)[0].name == "f00"
+    (abort,) = of(acts, AbortJob)
+    assert abort.name == "f00" and abort.drop_temp
     (load,) = of(acts, LoadNeed)
     assert load.after == (KIND_FILE, BS, "f01") and not load.inclusive
     p.need_loaded([wanted(f) for f in files[2:]], exhausted=True)
