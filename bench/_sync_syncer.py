@@ -104,6 +104,42 @@ def initial_sync(
         raise
 
 
+def independent_pairs(root: Path, srcs: list[Path], together: bool, timeout: float = 900,
+                      before: Callable[[], None] | None = None) -> float:
+    """W5's control: len(srcs) unrelated 1 -> 1 pairs (each seed its own copy), all daemons
+    running throughout; the pairs synced one after the other, or all at once (`together`).
+    Returns the daemons' core-seconds over the syncs: what running this many daemons on this
+    many cores costs by itself, with no swarm at all."""
+    pairs = [(Node(root, f"seed{i}"), Node(root, f"r{i}")) for i in range(len(srcs))]
+    nodes = [n for pair in pairs for n in pair]
+    try:
+        for (seed, r), src in zip(pairs, srcs, strict=True):
+            share(seed, src, FID)
+            share(r, root / f"dst-{r.name}", FID)
+        for n in nodes:
+            n.start()
+        want = [(folder_status(seed, FID)["local_files"], folder_status(seed, FID)["local_bytes"]) for seed, _ in pairs]
+
+        def done(i: int) -> bool:
+            st = folder_status(pairs[i][1], FID)
+            return bool(st["local_files"] >= want[i][0] and st["local_bytes"] >= want[i][1] and not st["need_files"])
+
+        if before is not None:
+            before()
+        c0 = cpu_seconds(nodes)
+        if together:
+            for pair in pairs:
+                pair_instantly(list(pair))
+            poll(lambda: all(done(i) for i in range(len(pairs))), timeout, "independent pairs")
+        else:
+            for i, pair in enumerate(pairs):
+                pair_instantly(list(pair))
+                poll(lambda i=i: done(i), timeout, f"pair {i}")
+        return cpu_seconds(nodes) - c0
+    finally:
+        stop_all(nodes)
+
+
 def uploads(nodes: list[Node]) -> tuple[dict[str, int], int]:
     """Bytes each node served to the others, and bytes all of them received, in the folder."""
     up: dict[str, int] = {}

@@ -157,3 +157,18 @@ def test_swarm_at_counts_the_partial_holders_of_files_a_peer_seeds():
     assert p.swarm_at("seed") == 2
     p.remove_peer("q")
     assert p.swarm_at("seed") == 1
+
+
+def test_a_byte_budget_bounds_the_pick_across_files():
+    p = avail_picker("4179253")
+    sizes = {"f": 100, "g": 10}
+    # 250 bytes of 100-byte blocks: three (the last one may pass the budget), rarest first
+    assert [r.index for r in p.pick("me", 7, 0, bytes_left=250, block_bytes=sizes.__getitem__)] == [1, 4, 6]
+    assert len(p.in_flight) == 3
+    p.add_file("g", 20)
+    p.set_full_holder("me", "g")
+    # what is left of the budget after the started file's last four blocks goes to the next file
+    got = p.pick("me", 20, 0, bytes_left=430, block_bytes=sizes.__getitem__)
+    assert [r.file for r in got] == ["f"] * 4 + ["g"] * 3
+    # without the budget: the count alone
+    assert len(p.pick("me", 5, 0)) == 5

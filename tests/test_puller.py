@@ -350,3 +350,38 @@ def test_a_batched_have_counts_every_block_it_names_and_drops_the_out_of_range()
     assert p.picker.block_holders("a.bin", 3) == {"A", "B"}
     assert p.picker.block_holders("a.bin", 0) == {"A"}
     assert "B" in p.interest
+
+
+def test_a_fill_picks_only_what_the_byte_budget_sends():
+    """With 128 KiB blocks and MIN_BUDGET in flight, a fill holds as many blocks in the picker
+    as it requests: it used to pick up to MAX_REQUESTS and hand most of them back."""
+    from syncer.transfer.puller import MIN_BUDGET
+
+    p = new_puller()
+    f = fi("big.bin", blocks=512)
+    (prep,) = of(start_with(p, [wanted(f, holders=("S",))], peers=("S", "R")), PrepareJobs)
+    p.job_prepared("big.bin", prep.jobs[0].gen, set())
+    p.have("R", Have("F", "big.bin", [(1, 1)], 7))  # a partial holder: the rarest-first path
+    p.actions()
+    picks = []
+    real = p.picker.pick
+    p.picker.pick = lambda *a, **kw: picks.append(real(*a, **kw)) or picks[-1]  # type: ignore[method-assign]
+    p.fill(0.0, {})
+    sent = [r for a in of(p.actions(), SendRequests) for r in a.requests]
+    assert sum(r.size for r in sent) == MIN_BUDGET + BS  # S: its budget (8 blocks); R: the one block it has
+    assert sum(len(x) for x in picks) == len(sent) == len(p.picker.in_flight)
+
+
+def test_a_fill_of_small_files_is_bounded_by_their_real_size():
+    """A 4 KiB file's one block asks for 4 KiB, not the block size: MIN_BUDGET of them go out
+    in one fill (as many as MAX_REQUESTS allows), not MIN_BUDGET / block size."""
+    from syncer.transfer.puller import MAX_REQUESTS, MIN_BUDGET
+
+    p = new_puller()
+    small = [FileInfo(f"s{i}", FileType.FILE, 4096, 1, 0o644, BS, (hashlib.sha256(b"%d" % i).digest(),), "", V1, 1, False, 1) for i in range(200)]
+    (prep,) = of(start_with(p, [wanted(f) for f in small]), PrepareJobs)
+    for spec in prep.jobs:
+        p.job_prepared(spec.file.name, spec.gen, set())
+    p.fill(0.0, {})
+    sent = [r for a in of(p.actions(), SendRequests) for r in a.requests]
+    assert len(sent) == min(200, MAX_REQUESTS, MIN_BUDGET // 4096) == 200

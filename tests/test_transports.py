@@ -232,3 +232,20 @@ def test_tcp_refused_right_after_handshake_is_a_stream_at_eof(identities):
         assert await stream.read() == b""
 
     asyncio.run(main())
+
+
+def test_tls_contexts_are_made_once_per_identity_and_alpn(tmp_path: Path) -> None:
+    from syncer.net import tls
+
+    ident = load_or_create(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server, client = tls.server_context(ident), tls.client_context(ident)
+    assert tls.server_context(ident) is server and tls.client_context(ident) is client
+    assert server is not client
+    relay = tls.client_context(ident, alpn="syncer-relay/1")
+    assert relay is not client and tls.client_context(ident, alpn="syncer-relay/1") is relay
+    # a new certificate and key at the same paths (an identity made again): new contexts
+    (tmp_path / "cert.pem").unlink()
+    (tmp_path / "key.pem").unlink()
+    again = load_or_create(tmp_path / "cert.pem", tmp_path / "key.pem")
+    assert again.device_id != ident.device_id
+    assert tls.server_context(again) is not server and tls.client_context(again) is not client

@@ -114,8 +114,7 @@ class RelayTransport:
         self.identity = identity
         self.invites = InviteGate(accept)
         self.relay = p.RelayUrl.parse(relay_url)
-        self._relay_ctx = tls.client_context(identity)
-        self._relay_ctx.set_alpn_protocols([p.ALPN])
+        self._relay_ctx = tls.client_context(identity, alpn=p.ALPN)
         self._e2e_client = tls.client_context(identity)
         self._e2e_server = tls.server_context(identity)
         self._on_stream: StreamHandler | None = None

@@ -97,8 +97,7 @@ class RelayServer:
     def __init__(self, identity: Identity, limits: RelayLimits | None = None) -> None:
         self.identity = identity
         self.limits = limits or RelayLimits()
-        self._ssl = tls.server_context(identity)
-        self._ssl.set_alpn_protocols([p.ALPN])
+        self._ssl = tls.server_context(identity, alpn=p.ALPN)
         self._sessions = SessionTable(self.limits.max_sessions, self.limits.pending_timeout)
         self._rendezvous = Rendezvous(self.limits.max_punches)
         self._controls: dict[DeviceId, _Conn] = {}

@@ -194,13 +194,18 @@ class Picker:
         now: float,
         stuck: Callable[[dict[Peer, float], float], bool] | None = None,
         spare: int | None = None,
+        bytes_left: int | None = None,
+        block_bytes: Callable[[str], int] | None = None,
     ) -> list[BlockRef]:
         """Up to n blocks to request from `peer`. `stuck(requests, now)` tells whether the
         requests of a block ({peer: sent at}) have waited long enough to duplicate in endgame
         (default: any). `spare`: how many blocks that a usable partial holder could serve instead
         may be taken from `peer` where it holds the whole file (None: no limit). A full holder
         is the seed, the one source of the blocks nobody else has yet, so its upload goes to
-        those first; what the swarm already holds it serves only when asked to spare some."""
+        those first; what the swarm already holds it serves only when asked to spare some.
+        `bytes_left` with `block_bytes(file)`: stop once that many bytes are picked (the
+        caller's byte budget; without it a pick of n large blocks mostly went back unused,
+        each one chosen rarest-first over the file's free blocks)."""
         if n <= 0 or self.is_banned(peer):
             return []
         if self.snubbed_until.get(peer, 0) > now:
@@ -208,13 +213,18 @@ class Picker:
             if n == 0:
                 return []
         out: list[BlockRef] = []
+        left = bytes_left
         started = [name for name in self._order if self.files[name].started]
         rest = [name for name in self._order if not self.files[name].started]
         for name in started + rest:
             f = self.files[name]
             if not f.free or (peer not in f.full_holders and peer not in f.partial):
                 continue
-            chosen, shared = self._choose(f, peer, n - len(out), now, spare)
+            want = n - len(out)
+            size = block_bytes(name) if left is not None and block_bytes is not None else 0
+            if left is not None and size > 0:
+                want = min(want, max(1, -(-left // size)))
+            chosen, shared = self._choose(f, peer, want, now, spare)
             if spare is not None:
                 spare -= shared  # the budget is for the whole pick, across files
             for i in chosen:
@@ -224,6 +234,10 @@ class Picker:
                 out.append(ref)
             if out:
                 f.started = True
+            if left is not None and size > 0:
+                left -= len(chosen) * size
+                if left <= 0:
+                    return out
             if len(out) >= n:
                 return out
         if not out and self.requests_of(peer) == 0:

@@ -673,7 +673,10 @@ class Puller:
             if free <= 0 or (pipe[0] and pipe[1] * 4 >= budget * 3):
                 continue
             # from a full holder, what others could serve only while its pipeline is empty
-            refs = self.picker.pick(peer, free, now, self._stuck, spare=SPARE_BLOCKS if pipe[0] == 0 else 0)
+            refs = self.picker.pick(
+                peer, free, now, self._stuck, spare=SPARE_BLOCKS if pipe[0] == 0 else 0,
+                bytes_left=budget - pipe[1], block_bytes=self._block_bytes,
+            )
             if not refs:
                 continue
             out: list[Request] = []
@@ -699,6 +702,11 @@ class Puller:
                 self.picker.failed(peer, ref)
             if out:
                 self._emit(SendRequests(peer, tuple(out)))
+
+    def _block_bytes(self, name: str) -> int:
+        """Bytes a request for a block of `name` asks for (a small file's one block is the file)."""
+        job = self._jobs.get(name)
+        return min(job.file.block_size, job.file.size) if job is not None else 0
 
     def _release(self, rid: int) -> _Req | None:
         req = self._reqs.pop(rid, None)
