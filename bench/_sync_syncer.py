@@ -64,6 +64,18 @@ def cpu_seconds(nodes: list[Node]) -> float:
     return total
 
 
+def _holds(n: Node) -> tuple[int, int]:
+    """Files and bytes the node's folder holds."""
+    st = folder_status(n, FID)
+    return st["local_files"], st["local_bytes"]
+
+
+def _has_all(n: Node, files: int, nbytes: int) -> bool:
+    """The node holds at least that much and needs nothing more."""
+    st = folder_status(n, FID)
+    return bool(st["local_files"] >= files and st["local_bytes"] >= nbytes and not st["need_files"])
+
+
 def initial_sync(
     root: Path, src: Path, receivers: int = 1, timeout: float = 900, before: Callable[[], None] | None = None,
     cpu: list[float] | None = None,
@@ -78,22 +90,14 @@ def initial_sync(
             share(n, root / f"dst-{n.name}", FID)
         for n in nodes:
             n.start()
-        want = folder_status(nodes[0], FID)["local_bytes"]
-        files = folder_status(nodes[0], FID)["local_files"]
+        files, want = _holds(nodes[0])
         if before is not None:
             before()
         c0 = cpu_seconds(nodes)
         t = time.perf_counter()
         pair_instantly(nodes)
 
-        def done() -> bool:
-            for n in nodes[1:]:
-                st = folder_status(n, FID)
-                if st["local_files"] < files or st["local_bytes"] < want or st["need_files"]:
-                    return False
-            return True
-
-        poll(done, timeout, "initial sync")
+        poll(lambda: all(_has_all(n, files, want) for n in nodes[1:]), timeout, "initial sync")
         took = time.perf_counter() - t
         if cpu is not None:
             cpu.append(cpu_seconds(nodes) - c0)
@@ -118,11 +122,10 @@ def independent_pairs(root: Path, srcs: list[Path], together: bool, timeout: flo
             share(r, root / f"dst-{r.name}", FID)
         for n in nodes:
             n.start()
-        want = [(folder_status(seed, FID)["local_files"], folder_status(seed, FID)["local_bytes"]) for seed, _ in pairs]
+        want = [_holds(seed) for seed, _ in pairs]
 
         def done(i: int) -> bool:
-            st = folder_status(pairs[i][1], FID)
-            return bool(st["local_files"] >= want[i][0] and st["local_bytes"] >= want[i][1] and not st["need_files"])
+            return _has_all(pairs[i][1], *want[i])
 
         if before is not None:
             before()

@@ -28,8 +28,9 @@ def _base(ctx: ssl.SSLContext, ident: Identity, alpn: str) -> ssl.SSLContext:
 
 # Contexts made so far, by side and identity files (as they were on disk): every dial made one
 # of each before, and loading the key, certificate and CA took 2.4 ms, more than the whole
-# handshake's CPU on both sides (2.3 ms); a swarm of eight daemons dials 56 times at its start. An SSLContext serves any number of connections;
-# the ones handed out are shared, so nobody changes them (ALPN is part of the key).
+# handshake's CPU on both sides (2.3 ms); a swarm of eight daemons dials 56 times at its start.
+# An SSLContext serves any number of connections; the ones handed out are shared, so nobody
+# changes them (ALPN is part of the key).
 _contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
 MAX_CONTEXTS = 16  # identities of one process: one, but tests run many
 
@@ -39,7 +40,8 @@ def _cached(side: str, ident: Identity, alpn: str, make: Callable[[], ssl.SSLCon
         cert, key = ident.cert_file.stat(), ident.key_file.stat()
     except OSError:
         return make()  # load_cert_chain gives the clear error
-    k = (side, alpn, str(ident.cert_file), str(ident.key_file), cert.st_ino, cert.st_mtime_ns, key.st_ino, key.st_mtime_ns)
+    k = (side, alpn, str(ident.cert_file), str(ident.key_file),
+         cert.st_ino, cert.st_mtime_ns, key.st_ino, key.st_mtime_ns)
     ctx = _contexts.get(k)
     if ctx is None:
         ctx = make()
