@@ -112,12 +112,23 @@ class Node:
         """The daemon's status through its control API (what `syncer status --json` prints;
         the API is called directly so that polling does not start a Python process each time)."""
         from syncer.api import client
-        from syncer.paths import get_paths
 
         try:
-            return client.call(get_paths({"SYNCER_HOME": str(self.home)}), "GET", "/rest/status", timeout=30)
+            return self.get("/rest/status")
         except client.NotRunning:
             return {"running": False}
+
+    def get(self, path: str) -> Any:
+        """GET `path` from the daemon's control API."""
+        from syncer.api import client
+        from syncer.paths import get_paths
+
+        return client.call(get_paths({"SYNCER_HOME": str(self.home)}), "GET", path, timeout=30)
+
+    def folders(self) -> list[dict[str, Any]]:
+        """The folders' status rows, as in `status()` (without the device rows and the rest: a
+        cheaper poll)."""
+        return self.get("/rest/folders")
 
     def listen_url(self, scheme: str = "tcp") -> str:
         return next(u for u in self.status()["listen"] if u.startswith(scheme + "://"))

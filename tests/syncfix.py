@@ -79,7 +79,7 @@ def share(node: Node, path: Path, folder_id: str) -> None:
 
 
 def folder_status(node: Node, folder_id: str) -> dict[str, Any]:
-    return next(f for f in node.status()["folders"] if f["id"] == folder_id)
+    return next(f for f in node.folders() if f["id"] == folder_id)
 
 
 def wait_same(a: Path, b: Path, timeout: float = 90, what: str = "folders identical") -> dict[str, Any]:
