@@ -42,7 +42,7 @@ from syncer.net.quic import QuicListener, QuicTransport
 from syncer.net.tcp import TcpTransport
 from syncer.net.transport import Address, Listener, Stream, TransportError
 from syncer.paths import Paths
-from syncer.peer.connections import ConnInfo, preferred
+from syncer.peer.connections import ConnInfo, DialTurns, preferred
 from syncer.peer.session import PeerSession, SessionClosed
 from syncer.pending import PendingStore
 from syncer.relay.client import RelayTransport
@@ -99,6 +99,7 @@ class Daemon:
         self.sessions: dict[DeviceId, PeerSession] = {}
         self.backoff: dict[DeviceId, Backoff] = {}
         self.dialing: set[DeviceId] = set()
+        self.turns = DialTurns(self.device_id)
         self.discovered: dict[DeviceId, dict[str, str]] = {}  # device -> address -> source
         self.started = time.time()
         self._stop = asyncio.Event()
@@ -367,6 +368,7 @@ class Daemon:
             self._dial_refused(expected)
             return
         self.sessions[peer] = session
+        self.turns.connected(peer)
         if existing is not None:
             # in the background: its close waits up to seconds for the peer (flush, TLS
             # close_notify), and the peer may already be sending on this one (crossed dials:
@@ -439,7 +441,7 @@ class Daemon:
                         continue
                 else:
                     backoff = self.backoff.setdefault(device, Backoff())
-                    if not backoff.due(now):
+                    if not backoff.due(now) or not self.turns.may_dial(device, now):
                         continue
                     attempts = self.plan_for(device)
                     if not attempts:
@@ -536,6 +538,7 @@ class Daemon:
             log.error("config not reloaded: %s", e)
             raise
         self.config = cfg
+        dialing_us = {d.device_id for d in cfg.devices if d.id in self.pending_store.devices}
         for d in cfg.devices:
             self.pending_store.forget_device(d.id)
         paired = {d.device_id for d in cfg.devices if not d.paused}
@@ -550,6 +553,7 @@ class Daemon:
         await self._start_discovery()
         for b in self.backoff.values():
             b.reset()
+        self.turns.restart(dialing_us)
         for u in self.upgrades.values():
             u.retry_now(time.monotonic())  # new addresses may allow a better route than today's
         self._wake_dialer.set()

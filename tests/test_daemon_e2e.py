@@ -160,3 +160,19 @@ def test_both_sides_dialing_at_once_end_with_one_working_connection(tmp_path):
             wait_until(lambda: a.connected_to(b) and b.connected_to(a), 30, f"round {i}: both see the connection")
             _set_paired([a, b], False)
             wait_until(lambda: not any(d["connected"] for n in (a, b) for d in n.status()["devices"]), 30, f"round {i}: disconnected")
+
+
+def test_the_device_that_waits_its_turn_still_dials_when_only_it_can(tmp_path):
+    """Only the device that gives the other the first dial (DIAL_YIELD) knows the other's
+    address: after the wait it dials itself, and they connect."""
+    from syncer.deviceid import DeviceId
+    from syncer.peer.connections import dials_first
+
+    with cluster(tmp_path, "a", "b") as (a, b):
+        a.start()
+        b.start()
+        first, second = (a, b) if dials_first(DeviceId.parse(a.device_id), DeviceId.parse(b.device_id)) else (b, a)
+        first.pair(second, address=False)  # it cannot reach `second`: only the reverse works
+        second.pair(first)
+        wait_until(lambda: a.connected_to(b) and b.connected_to(a), 30, "a and b connected")
+        assert [e["result"] for e in second.device(first)["attempts"]] == ["ok"]
